@@ -1,0 +1,345 @@
+"""zoo.download against a real HTTP server on 127.0.0.1, so no test needs the network."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import zoo.download
+from zoo.download import (
+    ChecksumError,
+    DownloadError,
+    UnverifiedDownloadWarning,
+    cache_dir,
+    download,
+    verify_file,
+)
+
+# Not a multiple of the 1 MiB read size, and random so that a resume at the wrong offset cannot match.
+DATA = random.Random(0).randbytes(3 * (1 << 20) + 17)
+SHA256 = {"sha256": hashlib.sha256(DATA).hexdigest()}
+NAME = "weights.caffemodel"
+
+
+@dataclass
+class Route:
+    data: bytes
+    drops: int = 0  # this many first requests get the full Content-Length but half the body, then a close
+    ranges: bool = True  # honour Range; False answers every request 200 with the whole file
+    delay: float = 0.0  # seconds slept after each piece of the body
+    piece: int = 64 * 1024
+    hits: int = 0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FileServer
+
+    def do_GET(self) -> None:
+        range_header = self.headers.get("Range")
+        self.server.requests.append((self.path, range_header))
+        route = self.server.routes.get(self.path)
+        if route is None:
+            self.send_error(404)
+            return
+        route.hits += 1
+        start = int(range_header.split("=")[1].split("-")[0]) if range_header and route.ranges else None
+        if start is not None and start >= len(route.data):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(route.data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = route.data if start is None else route.data[start:]
+        self.send_response(200 if start is None else 206)
+        if start is not None:
+            self.send_header("Content-Range", f"bytes {start}-{len(route.data) - 1}/{len(route.data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if route.hits <= route.drops:
+            body = body[: len(body) // 2]
+        try:
+            for at in range(0, len(body), route.piece):
+                self.wfile.write(body[at : at + route.piece])
+                time.sleep(route.delay)
+        except ConnectionError:
+            pass  # the client gave up early, as some tests make it do
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class FileServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.routes: dict[str, Route] = {}
+        self.requests: list[tuple[str, str | None]] = []
+
+    def serve(self, path: str, data: bytes = DATA, **behaviour: object) -> str:
+        self.routes[path] = Route(data, **behaviour)
+        return self.url(path)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_port}{path}"
+
+    def ranges_asked(self, path: str) -> list[str | None]:
+        return [range_header for asked, range_header in self.requests if asked == path]
+
+
+@pytest.fixture(autouse=True)
+def plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ZOO_MIRROR", "ZOO_HOME", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    httpd = FileServer()
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def dst(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "cache"))
+    return cache_dir() / "bvlc" / NAME
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message and "\r" not in message
+    return message
+
+
+def names_beside(path: pathlib.Path) -> set[str]:
+    return {p.name for p in path.parent.iterdir()}
+
+
+def test_good_file_is_verified_and_renamed_into_place(server: FileServer, dst: pathlib.Path) -> None:
+    url = server.serve("/good.bin")
+
+    assert download(url, dst, SHA256, size=len(DATA), quiet=True, timeout=5) == dst
+
+    assert dst.read_bytes() == DATA
+    assert verify_file(dst, SHA256)
+    assert names_beside(dst) == {NAME, NAME + ".lock"}  # no temp or partial file left
+
+
+def test_wrong_checksum_raises_and_leaves_no_file(server: FileServer, dst: pathlib.Path) -> None:
+    url = server.serve("/bad.bin", DATA[:-1] + b"!")
+
+    with pytest.raises(ChecksumError) as error:
+        download(url, dst, SHA256, quiet=True, timeout=5)
+
+    message = one_line(error)
+    assert SHA256["sha256"] in message and error.value.got in message and url in message
+    assert error.value.expected == SHA256["sha256"] and error.value.got != error.value.expected
+    assert names_beside(dst) == {NAME + ".lock"}
+
+
+def test_dropped_connection_is_resumed_with_range(server: FileServer, dst: pathlib.Path) -> None:
+    url = server.serve("/flaky.bin", drops=1)
+
+    download(url, dst, SHA256, quiet=True, timeout=5)
+
+    assert server.ranges_asked("/flaky.bin") == [None, f"bytes={len(DATA) // 2}-"]
+    assert dst.read_bytes() == DATA
+    assert names_beside(dst) == {NAME, NAME + ".lock"}
+
+
+def test_server_answering_range_with_200_restarts_from_zero(server: FileServer, dst: pathlib.Path) -> None:
+    url = server.serve("/norange.bin", drops=1, ranges=False)
+
+    download(url, dst, SHA256, quiet=True, timeout=5)
+
+    assert server.ranges_asked("/norange.bin") == [None, f"bytes={len(DATA) // 2}-"]
+    assert dst.read_bytes() == DATA
+
+
+def test_connection_dropping_past_retries_keeps_a_resumable_partial(server: FileServer, dst: pathlib.Path) -> None:
+    url = server.serve("/dying.bin", drops=2)
+
+    with pytest.raises(DownloadError) as error:
+        download(url, dst, SHA256, quiet=True, timeout=5, retries=1)
+    assert "dropped 2 times" in one_line(error) and url in str(error.value)
+    assert not dst.exists() and (dst.parent / (NAME + ".partial")).is_file()
+
+    download(url, dst, SHA256, quiet=True, timeout=5, retries=1)  # a later run picks up where it stopped
+    assert server.ranges_asked("/dying.bin")[-1] == f"bytes={len(DATA) * 3 // 4}-"
+    assert dst.read_bytes() == DATA
+
+
+def test_hash_covers_the_resumed_prefix(server: FileServer, dst: pathlib.Path) -> None:
+    url = server.serve("/good.bin")
+    dst.parent.mkdir(parents=True)
+    (dst.parent / (NAME + ".partial")).write_bytes(b"\0" * 1000)  # a prefix that is not the file's
+
+    with pytest.raises(ChecksumError):
+        download(url, dst, SHA256, quiet=True, timeout=5)
+
+    assert server.ranges_asked("/good.bin") == ["bytes=1000-"]
+    assert names_beside(dst) == {NAME + ".lock"}  # the corrupt partial is not kept for resuming
+
+
+def test_404_is_one_line_with_status_and_url(server: FileServer, dst: pathlib.Path) -> None:
+    url = server.url("/missing.bin")
+
+    with pytest.raises(DownloadError) as error:
+        download(url, dst, SHA256, quiet=True, timeout=5)
+
+    message = one_line(error)
+    assert "404" in message and url in message
+    assert not isinstance(error.value, ChecksumError)
+    assert names_beside(dst) == {NAME + ".lock"}
+
+
+def test_unreachable_server_points_to_weights_option(dst: pathlib.Path) -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago refuses connections
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/w.bin"
+
+    with pytest.raises(DownloadError) as error:
+        download(url, dst, SHA256, quiet=True, timeout=5)
+
+    message = one_line(error)
+    assert url in message and "--weights" in message
+    assert not dst.exists()
+
+
+def test_mirror_is_tried_before_card_urls(
+    server: FileServer, dst: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.serve(f"/mirror/{NAME}")
+    monkeypatch.setenv("ZOO_MIRROR", server.url("/mirror/"))
+
+    download(server.serve("/origin.bin"), dst, SHA256, quiet=True, timeout=5)
+
+    assert [path for path, _ in server.requests] == [f"/mirror/{NAME}"]
+    assert dst.read_bytes() == DATA
+
+
+def test_urls_are_tried_in_order_until_one_delivers(
+    server: FileServer, dst: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZOO_MIRROR", server.url("/empty-mirror"))
+    urls = [server.url("/gone.bin"), server.serve("/origin.bin")]
+
+    download(urls, dst, SHA256, quiet=True, timeout=5)
+
+    assert [path for path, _ in server.requests] == [f"/empty-mirror/{NAME}", "/gone.bin", "/origin.bin"]
+    assert dst.read_bytes() == DATA
+
+
+def test_wrong_size_is_an_error(server: FileServer, dst: pathlib.Path) -> None:
+    url = server.serve("/good.bin")
+
+    with pytest.raises(DownloadError) as error:
+        download(url, dst, SHA256, size=len(DATA) + 1, quiet=True, timeout=5)
+
+    assert str(len(DATA) + 1) in one_line(error)
+    assert names_beside(dst) == {NAME + ".lock"}
+
+
+def test_missing_checksum_is_reported_as_a_warning(server: FileServer, dst: pathlib.Path) -> None:
+    url = server.serve("/good.bin")
+
+    with pytest.warns(UnverifiedDownloadWarning, match=NAME):
+        download(url, dst, None, quiet=True, timeout=5)
+
+    assert dst.read_bytes() == DATA
+
+
+def test_existing_verified_file_needs_no_request(server: FileServer, dst: pathlib.Path) -> None:
+    url = server.serve("/good.bin")
+    dst.parent.mkdir(parents=True)
+    dst.write_bytes(DATA)
+
+    assert download(url, dst, SHA256, size=len(DATA), quiet=True, timeout=5) == dst
+
+    assert server.requests == []
+
+
+def test_corrupt_existing_file_is_replaced(server: FileServer, dst: pathlib.Path) -> None:
+    url = server.serve("/good.bin")
+    dst.parent.mkdir(parents=True)
+    dst.write_bytes(b"truncated")
+
+    download(url, dst, SHA256, quiet=True, timeout=5)
+
+    assert dst.read_bytes() == DATA
+
+
+CHILD = """
+import sys
+from zoo.download import download
+print("ready", flush=True)
+sys.stdin.readline()
+print(download(sys.argv[1], sys.argv[2], {"sha256": sys.argv[3]}, timeout=10), flush=True)
+"""
+
+
+def test_two_processes_share_one_download(server: FileServer, dst: pathlib.Path) -> None:
+    data = DATA[: 1 << 20]
+    url = server.serve("/slow.bin", data, piece=64 * 1024, delay=0.03)  # about half a second
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(zoo.download.__file__).resolve().parents[1]))
+    args = [sys.executable, "-c", CHILD, url, str(dst), hashlib.sha256(data).hexdigest()]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    children = [subprocess.Popen(args, text=True, env=env, **pipes) for _ in range(2)]
+    for child in children:  # both imported: release them together so they contend for the lock
+        assert child.stdout.readline().strip() == "ready"
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    results = [child.communicate(timeout=20) for child in children]
+
+    assert [child.returncode for child in children] == [0, 0], results
+    assert [out.strip() for out, _ in results] == [str(dst), str(dst)]
+    assert sum("waiting for another process" in err for _, err in results) == 1
+    assert server.ranges_asked("/slow.bin") == [None]
+    assert dst.read_bytes() == data
+    assert names_beside(dst) == {NAME, NAME + ".lock"}
+
+
+@pytest.mark.parametrize(
+    "platform, environment, expected",
+    [
+        ("linux", {}, "home/.cache/caffezoo"),
+        ("linux", {"XDG_CACHE_HOME": "/xdg"}, "/xdg/caffezoo"),
+        ("linux", {"XDG_CACHE_HOME": "relative"}, "home/.cache/caffezoo"),
+        ("darwin", {}, "home/Library/Caches/caffezoo"),
+        ("win32", {"LOCALAPPDATA": "/appdata"}, "/appdata/caffezoo/Cache"),
+        ("linux", {"ZOO_HOME": "/zoo", "XDG_CACHE_HOME": "/xdg"}, "/zoo"),
+    ],
+)
+def test_cache_dir_follows_platform_conventions(
+    platform: str,
+    environment: dict[str, str],
+    expected: str,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("XDG_CACHE_HOME", "LOCALAPPDATA"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+    assert cache_dir() == (tmp_path / expected if expected.startswith("home") else pathlib.Path(expected))
