@@ -1,0 +1,29 @@
+"""Caffe graphs to PyTorch and ONNX, with Caffe's exact numbers.
+
+    from prototxt import load_net
+    from converters import to_pytorch, to_onnx
+    graph = load_net("deploy.prototxt", "weights.caffemodel")
+    module = to_pytorch(graph)          # torch.fx.GraphModule, eval mode
+    model = to_onnx(graph)              # onnx.ModelProto (no torch import on this path)
+
+The ONNX path never imports torch: ``to_pytorch`` and ``verify`` import it lazily.
+"""
+from .registry import LayerImpl, register_layer, registered_types
+
+
+def to_onnx(graph, opset=None, dynamic_batch=True, fold=True):
+    from .onnx import DEFAULT_OPSET, to_onnx as _to_onnx
+    return _to_onnx(graph, opset=opset or DEFAULT_OPSET, dynamic_batch=dynamic_batch, fold=fold)
+
+
+def to_pytorch(graph, training=False):
+    from .torch import to_pytorch as _to_pytorch
+    return _to_pytorch(graph, training=training)
+
+
+def verify(graph, inputs=None, blobs=None, **kwargs):
+    from .verify import verify as _verify
+    return _verify(graph, inputs=inputs, blobs=blobs, **kwargs)
+
+
+__all__ = ["to_onnx", "to_pytorch", "verify", "register_layer", "registered_types", "LayerImpl"]

@@ -17,7 +17,8 @@ class PrototxtSyntaxError(CaffeError):
 
     def __init__(self, path: str, line: int, column: int, message: str):
         self.path, self.line, self.column = path, line, column
-        super().__init__(f"{path}:{line}:{column}: {message}")
+        where = f"{path}:{line}:{column}" if line > 0 else path  # line 0: the file itself (e.g. unreadable)
+        super().__init__(f"{where}: {message}")
 
 
 class WeightsError(CaffeError):
@@ -26,6 +27,14 @@ class WeightsError(CaffeError):
 
 class GraphError(CaffeError):
     """A net whose structure is broken (missing bottom, cycle, duplicate top...)."""
+
+
+class MissingBottomError(GraphError):
+    """A layer uses a blob that no earlier layer of the chosen phase produces."""
+
+    def __init__(self, message: str, layer: str = "", bottom: str = ""):
+        self.layer, self.bottom = layer, bottom
+        super().__init__(message)
 
 
 class ShapeError(GraphError):

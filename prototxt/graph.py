@@ -18,7 +18,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from . import caffe_pb2, shapes
-from .errors import GraphError, InputShapeRequired, ShapeError, UnsupportedLayers, WeightsError
+from .errors import GraphError, InputShapeRequired, MissingBottomError, ShapeError, UnsupportedLayers, WeightsError
 from .shapes import Shape
 from .text import parse, read_text
 from .upgrade import upgrade_net, upgrade_solver
@@ -200,8 +200,14 @@ def build_graph(net: caffe_pb2.NetParameter, *, phase: str = "test", stages: Seq
     graph = _wire(filtered, source)
     graph.phase = Phase.Name(state.phase).lower()
     graph.upgrades = list(upgrades)
-    _resolve_params(graph)
-    _infer_shapes(graph, dict(input_shapes or {}))
+    try:
+        _resolve_params(graph)
+        _infer_shapes(graph, dict(input_shapes or {}))
+    except GraphError as exc:
+        # Shape rules know the layer, not the file: name the file too, as every other error does.
+        if source and not str(exc).startswith(f"{source}:"):
+            raise type(exc)(f"{source}: {exc}") from None
+        raise
     return graph
 
 
@@ -254,16 +260,18 @@ def _wire(net: caffe_pb2.NetParameter, source: str) -> Graph:
                                      f"produces it; Caffe runs layers in file order: move '{later[0]}' above it")
                 close = difflib.get_close_matches(b, list(current), n=3)
                 hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-                raise GraphError(f"{where}layer '{lp.name}' ({lp.type}): unknown bottom blob '{b}' "
-                                 f"(bottom {j}){hint}")
+                raise MissingBottomError(f"{where}layer '{lp.name}' ({lp.type}): unknown bottom blob '{b}' "
+                                         f"(bottom {j}){hint}", layer=lp.name, bottom=b)
             bottoms.append(current[b])
         tops = []
         is_input_layer = lp.type in shapes.DATA_TYPES
         for j, t in enumerate(lp.top):
             in_place = j < len(lp.bottom) and lp.bottom[j] == t
             if t in current and not in_place:
-                raise GraphError(f"{where}layer '{lp.name}': top blob '{t}' is already produced by another layer "
-                                 f"and this is not an in-place use (top {j} must equal bottom {j}); rename the top")
+                other = values[current[t]].producer
+                by = f"layer '{other}'" if other else "a net input"
+                raise GraphError(f"{where}layer '{lp.name}': top blob '{t}' is already produced by {by} and this "
+                                 f"is not an in-place use (top {j} must equal bottom {j}); rename the top")
             if t in lp.top[:j]:
                 raise GraphError(f"{where}layer '{lp.name}': top blob '{t}' is listed twice")
             name = new_value(t, i, name_of_layer, is_input_layer)
@@ -519,6 +527,7 @@ def attach_weights(graph: Graph, weights: os.PathLike | str, strict: bool = True
             matched.append(s.name)
     _share_blobs(graph)
     missing = [l.name for l in graph.layers if l.param_shapes and not l.blobs]
+    fill_missing(graph)
     report = WeightsReport(matched, missing, ignored, str(weights))
     graph.weights_report = report
     return report
@@ -545,6 +554,23 @@ def _share_blobs(graph: Graph) -> None:
                 blobs[i] = owner_blobs[i][s.owner_index].reshape(layer.param_shapes[i])
             if all(b is not None for b in blobs):
                 layer.blobs = blobs
+
+
+def fill_missing(graph: Graph, seed: int = 0) -> list[str]:
+    """Give layers with no stored blobs their fillers' values, as Caffe keeps them (shared blobs follow
+    their owner). Returns the names of the layers filled."""
+    from .fillers import fill, layer_fillers
+    rng = np.random.default_rng(seed)
+    filled = []
+    for layer in graph.layers:
+        shared_only = bool(layer.params) and all(p.owner is not None for p in layer.params)
+        if not layer.param_shapes or layer.blobs or shared_only:
+            continue
+        fillers = layer_fillers(layer.proto, len(layer.param_shapes))
+        layer.blobs = [fill(f, s, rng) for f, s in zip(fillers, layer.param_shapes)]
+        filled.append(layer.name)
+    _share_blobs(graph)
+    return filled
 
 
 def _shapes(shapes_: Iterable[Sequence[int]]) -> str:

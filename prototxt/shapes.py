@@ -510,11 +510,9 @@ def _argmax(layer, bottoms):
         top = list(x)
         top[axis] = p.top_k
         return ShapeResult([tuple(top)])
-    if len(x) < 3:
-        fail(layer, "without an axis, ArgMax needs an input with at least 3 axes")
     if p.top_k > count(x, 1):
         fail(layer, f"top_k {p.top_k} exceeds the {count(x, 1)} values per item")
-    top = [1] * len(x)
+    top = [1] * max(3, len(x))  # Caffe's ArgMaxLayer::Reshape: at least 3 top axes, even for an N x C input
     top[0], top[1], top[2] = x[0], 2 if p.out_max_val else 1, p.top_k
     return ShapeResult([tuple(top)])
 

@@ -334,5 +334,9 @@ def parse_solver_file(path: os.PathLike | str) -> caffe_pb2.SolverParameter:
 
 
 def to_text(message: Message) -> str:
-    """Protobuf text of ``message``, readable by Caffe's own parser."""
-    return text_format.MessageToString(message, float_format=".9g")
+    """Protobuf text of ``message``, readable by Caffe's own parser.
+
+    Floats are printed as the shortest text that reads back to the same float32 (protobuf's default;
+    the ``float_format`` argument older protobufs took is gone in the version pinned here).
+    """
+    return text_format.MessageToString(message)

@@ -102,6 +102,8 @@ def needs_v0(net: NetParameter) -> bool:
 
 def upgrade_v0(net: NetParameter) -> NetParameter:
     """V0 (``layers { layer { type: "conv" } }``) to V1; "padding" layers fold into the next conv/pool."""
+    if not needs_v0(net):
+        return _copy(net)  # a V1 layer has no V0 part to convert: rebuilding it would drop its fields
     padded = _fold_padding_layers(net)
     out = NetParameter()
     out.CopyFrom(padded)
@@ -210,6 +212,8 @@ def needs_v1(net: NetParameter) -> bool:
 
 def upgrade_v1(net: NetParameter) -> NetParameter:
     """V1 (``layers { type: CONVOLUTION blobs_lr: 1 }``) to ``layer { type: "Convolution" param {...} }``."""
+    if not needs_v1(net):
+        return _copy(net)
     if len(net.layer):
         raise GraphError("the net mixes V1 'layers' and current 'layer' entries; use one format")
     out = NetParameter()
@@ -241,6 +245,12 @@ def upgrade_v1(net: NetParameter) -> NetParameter:
     return out
 
 
+def _copy(net: NetParameter) -> NetParameter:
+    out = NetParameter()
+    out.CopyFrom(net)
+    return out
+
+
 def _param(layer: caffe_pb2.LayerParameter, i: int) -> caffe_pb2.ParamSpec:
     while len(layer.param) <= i:
         layer.param.add()
@@ -255,6 +265,8 @@ def needs_input(net: NetParameter) -> bool:
 
 def upgrade_input(net: NetParameter) -> NetParameter:
     """``input``/``input_dim``/``input_shape`` become one Input layer named "input" at the front."""
+    if not needs_input(net):
+        return _copy(net)  # no net-level inputs: adding an Input layer without tops would change the net
     out = NetParameter()
     out.CopyFrom(net)
     if net.input_shape or net.input_dim:

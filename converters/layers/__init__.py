@@ -1,0 +1,1 @@
+"""One module per Caffe layer family; each registers its implementations on import."""

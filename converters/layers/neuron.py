@@ -1,0 +1,120 @@
+"""Element-wise neurons: ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log, Threshold, Clip,
+Swish, Dropout (identity at test time)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..registry import LayerImpl, register_layer
+from ._common import broadcast_shape, f32, shape_of, torch_nn
+
+
+def _each(layer, ctx, emit):
+    for b, t in zip(layer.bottoms, layer.tops):
+        emit(b, t)
+
+
+@register_layer("ReLU")
+class ReLU(LayerImpl):
+    def torch(self, layer, graph):
+        return torch_nn().ReLU(layer.proto.relu_param.negative_slope), []
+
+    def onnx(self, layer, ctx):
+        s = layer.proto.relu_param.negative_slope
+        ctx.node("Relu" if s == 0 else "LeakyRelu", [layer.bottoms[0]], [layer.tops[0]], **({} if s == 0 else {"alpha": s}))
+
+
+@register_layer("PReLU")
+class PReLU(LayerImpl):
+    def torch(self, layer, graph):
+        shape = shape_of(layer, graph)
+        return torch_nn().PReLU(shape[1], layer.proto.prelu_param.channel_shared), ["weight"]
+
+    def onnx(self, layer, ctx):
+        shape = shape_of(layer, ctx)
+        slope = f32(layer.blobs[0]).reshape(broadcast_shape(len(shape) - 1, 0, [-1 if slope_n(layer) > 1 else 1]))
+        ctx.node("PRelu", [layer.bottoms[0], ctx.const(slope, "slope")], [layer.tops[0]])
+
+
+def slope_n(layer) -> int:
+    return int(np.asarray(layer.blobs[0]).size)
+
+
+def _params(layer) -> tuple[str, dict]:
+    t, p = layer.type, layer.proto
+    if t == "ELU":
+        return t, {"alpha": p.elu_param.alpha}
+    if t == "Power":
+        return t, {"power": p.power_param.power, "scale": p.power_param.scale, "shift": p.power_param.shift}
+    if t == "Exp":
+        return t, {"base": p.exp_param.base, "scale": p.exp_param.scale, "shift": p.exp_param.shift}
+    if t == "Log":
+        return t, {"base": p.log_param.base, "scale": p.log_param.scale, "shift": p.log_param.shift}
+    if t == "Threshold":
+        return t, {"threshold": p.threshold_param.threshold}
+    if t == "Clip":
+        return t, {"min": p.clip_param.min, "max": p.clip_param.max}
+    if t == "Swish":
+        return t, {"beta": p.swish_param.beta}
+    return t, {}
+
+
+@register_layer("Sigmoid", "TanH", "AbsVal", "BNLL", "ELU", "Power", "Exp", "Log", "Threshold", "Clip", "Swish")
+class Elementwise(LayerImpl):
+    def torch(self, layer, graph):
+        op, args = _params(layer)
+        return torch_nn().Elementwise(op, **args), []
+
+    def onnx(self, layer, ctx):
+        op, a = _params(layer)
+        x, y = layer.bottoms[0], layer.tops[0]
+        simple = {"Sigmoid": "Sigmoid", "TanH": "Tanh", "AbsVal": "Abs", "BNLL": "Softplus"}
+        if op in simple:
+            ctx.node(simple[op], [x], [y])
+        elif op == "ELU":
+            ctx.node("Elu", [x], [y], alpha=a["alpha"])
+        elif op == "Threshold":
+            gt = ctx.node("Greater", [x, ctx.const(np.float32(a["threshold"]), "threshold")])[0]
+            ctx.node("Cast", [gt], [y], to=1)
+        elif op == "Clip":
+            ctx.node("Clip", [x, ctx.const(np.float32(a["min"]), "min"), ctx.const(np.float32(a["max"]), "max")], [y])
+        elif op == "Swish":
+            bx = x if a["beta"] == 1 else ctx.node("Mul", [x, ctx.const(np.float32(a["beta"]), "beta")])[0]
+            ctx.node("Mul", [x, ctx.node("Sigmoid", [bx])[0]], [y])
+        else:
+            self._affine_then(ctx, op, a, x, y)
+
+    @staticmethod
+    def _affine_then(ctx, op, a, x, y):
+        """Power / Exp / Log: f(shift + scale * x)."""
+        last = {"Power": a.get("power") == 1, "Exp": False, "Log": False}[op]
+        z = x
+        if a["scale"] != 1:
+            z = ctx.node("Mul", [z, ctx.const(np.float32(a["scale"]), "scale")], [y] if last and a["shift"] == 0 else None)[0]
+        if a["shift"] != 0:
+            z = ctx.node("Add", [z, ctx.const(np.float32(a["shift"]), "shift")], [y] if last else None)[0]
+        if op == "Power":
+            if a["power"] != 1:
+                ctx.node("Pow", [z, ctx.const(np.float32(a["power"]), "power")], [y])
+            elif z == x:
+                ctx.node("Identity", [x], [y])
+        elif op == "Exp":
+            if a["base"] != -1:
+                z = ctx.node("Mul", [z, ctx.const(np.float32(math.log(a["base"])), "ln_base")])[0]
+            ctx.node("Exp", [z], [y])
+        else:
+            if a["base"] == -1:
+                ctx.node("Log", [z], [y])
+            else:
+                ln = ctx.node("Log", [z])[0]
+                ctx.node("Div", [ln, ctx.const(np.float32(math.log(a["base"])), "ln_base")], [y])
+
+
+@register_layer("Dropout")
+class Dropout(LayerImpl):
+    def torch(self, layer, graph):
+        return torch_nn().Dropout(layer.proto.dropout_param.dropout_ratio), []
+
+    def onnx(self, layer, ctx):
+        ctx.node("Identity", [layer.bottoms[0]], [layer.tops[0]])

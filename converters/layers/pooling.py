@@ -1,0 +1,117 @@
+"""Pooling (MAX, AVE, STOCHASTIC at test time; CEIL/FLOOR; Caffe's padding rules) and SPP."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from prototxt import caffe_pb2
+from prototxt.shapes import pool_geometry
+
+from ..registry import LayerImpl, register_layer
+from ._common import pool_pads, shape_of, torch_nn
+
+_METHODS = {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}
+
+
+def pool_args(method: str, kernel, stride, pad, in_size, out_size) -> dict:
+    return dict(method=method, kernel=list(kernel), stride=list(stride), pad=list(pad), in_size=list(in_size),
+                out_size=list(out_size))
+
+
+def _args(layer, graph) -> dict:
+    shape = shape_of(layer, graph)
+    g = pool_geometry(layer.proto, shape)
+    return pool_args(_METHODS[layer.proto.pooling_param.pool], g.kernel, g.stride, g.pad, shape[2:], g.out)
+
+
+def ave_scale(a: dict) -> np.ndarray:
+    """kernel area / Caffe's AVE divisor per output position (the window clipped to [-pad, size+pad))."""
+    rows = []
+    for i in range(2):
+        k, s, p, size, out = a["kernel"][i], a["stride"][i], a["pad"][i], a["in_size"][i], a["out_size"][i]
+        rows.append(np.array([min(o * s - p + k, size + p) - (o * s - p) for o in range(out)], dtype=np.float64))
+    return (a["kernel"][0] * a["kernel"][1] / (rows[0][:, None] * rows[1][None, :])).astype(np.float32)
+
+
+def emit_pool(ctx, x: str, out: str, a: dict) -> None:
+    """ONNX nodes for one Caffe pooling window set (explicit pads, floor mode, AVE divisor map)."""
+    pads = [pool_pads(a["in_size"][i], a["kernel"][i], a["stride"][i], a["pad"][i], a["out_size"][i]) for i in range(2)]
+    if any(p[1] for p in pads):
+        ends = [a["in_size"][i] - pads[i][1] for i in range(2)]
+        x = ctx.node("Slice", [x, ctx.ints([0, 0]), ctx.ints(ends), ctx.ints([2, 3])])[0]
+    onnx_pads = [a["pad"][0], a["pad"][1], pads[0][0], pads[1][0]]
+    attrs = dict(kernel_shape=a["kernel"], strides=a["stride"])
+    if a["method"] == "MAX":
+        ctx.node("MaxPool", [x], [out], pads=onnx_pads, **attrs)
+        return
+    if any(onnx_pads):
+        x = ctx.node("Pad", [x, ctx.ints([0, 0, onnx_pads[0], onnx_pads[1], 0, 0, onnx_pads[2], onnx_pads[3]])])[0]
+    if a["method"] == "AVE":
+        scale = ave_scale(a)
+        if np.all(scale == 1.0):
+            ctx.node("AveragePool", [x], [out], **attrs)
+        else:
+            avg = ctx.node("AveragePool", [x], **attrs)[0]
+            ctx.node("Mul", [avg, ctx.const(scale, "divisor")], [out])
+        return
+    sq = ctx.node("Mul", [x, x])[0]
+    num = ctx.node("AveragePool", [sq], **attrs)[0]
+    den = ctx.node("AveragePool", [x], **attrs)[0]
+    ctx.node("Div", [num, den], [out])
+
+
+@register_layer("Pooling")
+class Pooling(LayerImpl):
+    def torch(self, layer, graph):
+        a = _args(layer, graph)
+        if layer.proto.pooling_param.global_pooling and a["method"] != "STOCHASTIC":
+            return torch_nn().GlobalPooling(a["method"]), []
+        return torch_nn().Pooling(**a), []
+
+    def onnx(self, layer, ctx):
+        a = _args(layer, ctx.graph)
+        if layer.proto.pooling_param.global_pooling and a["method"] != "STOCHASTIC":
+            op = "GlobalMaxPool" if a["method"] == "MAX" else "GlobalAveragePool"
+            ctx.node(op, [layer.bottoms[0]], [layer.tops[0]])
+            return
+        emit_pool(ctx, layer.bottoms[0], layer.tops[0], a)
+
+
+def spp_levels(layer, graph) -> list[dict]:
+    n, c, h, w = shape_of(layer, graph)
+    method = _METHODS[layer.proto.spp_param.pool]
+    levels = []
+    for i in range(layer.proto.spp_param.pyramid_height):
+        bins = 2 ** i
+        kh, kw = math.ceil(h / bins), math.ceil(w / bins)
+        ph, pw = (kh * bins - h + 1) // 2, (kw * bins - w + 1) // 2
+        param = caffe_pb2.LayerParameter(name=layer.name, type="Pooling")
+        p = param.pooling_param
+        p.pool, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w = (
+            layer.proto.spp_param.pool, kh, kw, kh, kw, ph, pw)
+        if layer.proto.spp_param.pyramid_height == 1:
+            p.ClearField("kernel_h"), p.ClearField("kernel_w"), p.ClearField("stride_h"), p.ClearField("stride_w")
+            p.ClearField("pad_h"), p.ClearField("pad_w")
+            p.global_pooling = True
+        g = pool_geometry(param, (n, c, h, w))
+        levels.append(pool_args(method, g.kernel, g.stride, g.pad, (h, w), g.out))
+    return levels
+
+
+@register_layer("SPP")
+class SPP(LayerImpl):
+    def torch(self, layer, graph):
+        return torch_nn().SPP(spp_levels(layer, graph)), []
+
+    def onnx(self, layer, ctx):
+        levels = spp_levels(layer, ctx.graph)
+        if len(levels) == 1:
+            emit_pool(ctx, layer.bottoms[0], layer.tops[0], levels[0])
+            return
+        flat = []
+        for i, a in enumerate(levels):
+            pooled = ctx.tmp(f"level{i}")
+            emit_pool(ctx, layer.bottoms[0], pooled, a)
+            flat.append(ctx.node("Flatten", [pooled], axis=1)[0])
+        ctx.node("Concat", flat, [layer.tops[0]], axis=1)

@@ -1,0 +1,532 @@
+"""PyTorch modules with Caffe's exact semantics, one per Caffe layer kind.
+
+This file imports nothing but torch and math: ``zoo convert`` copies it verbatim into the
+generated ``model.py``, so a converted model loads with plain torch and no toolkit installed.
+Every module records its constructor arguments in ``self.args`` so the generated code can
+rebuild it; weights are parameters or buffers named after Caffe's blob order where it matters.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CaffeModule(nn.Module):
+    def __init__(self, **args):
+        super().__init__()
+        self.args = args
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v!r}" for k, v in self.args.items())
+
+
+def _bshape(n_axes, axis, shape):
+    """A view shape that places `shape` at `axis` of an n_axes tensor (Caffe's broadcasting)."""
+    return [1] * axis + list(shape) + [1] * (n_axes - axis - len(shape))
+
+
+class Identity(CaffeModule):
+    def forward(self, *xs):
+        return xs[0] if len(xs) == 1 else xs
+
+
+class Convolution(CaffeModule):
+    def __init__(self, in_channels, out_channels, kernel, stride, pad, dilation, group, bias, nd=2):
+        super().__init__(in_channels=in_channels, out_channels=out_channels, kernel=kernel, stride=stride,
+                         pad=pad, dilation=dilation, group=group, bias=bias, nd=nd)
+        self.weight = nn.Parameter(torch.zeros(out_channels, in_channels // group, *kernel))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def forward(self, *xs):
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[self.args["nd"]]
+        a = self.args
+        ys = tuple(conv(x, self.weight, self.bias, a["stride"], a["pad"], a["dilation"], a["group"]) for x in xs)
+        return ys[0] if len(ys) == 1 else ys
+
+
+class Deconvolution(CaffeModule):
+    def __init__(self, in_channels, out_channels, kernel, stride, pad, dilation, group, bias, nd=2):
+        super().__init__(in_channels=in_channels, out_channels=out_channels, kernel=kernel, stride=stride,
+                         pad=pad, dilation=dilation, group=group, bias=bias, nd=nd)
+        self.weight = nn.Parameter(torch.zeros(in_channels, out_channels // group, *kernel))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def forward(self, *xs):
+        conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[self.args["nd"]]
+        a = self.args
+        ys = tuple(conv(x, self.weight, self.bias, a["stride"], a["pad"], 0, a["group"], a["dilation"]) for x in xs)
+        return ys[0] if len(ys) == 1 else ys
+
+
+def pool_pads(size, kernel, stride, pad, out):
+    """(crop, right pad) that make a floor-mode pooling over the explicitly padded input give `out`."""
+    extra = (out - 1) * stride + kernel - size - pad
+    return (extra, 0) if extra >= 0 else (0, -extra)
+
+
+class Pooling(CaffeModule):
+    """Caffe pooling: MAX ignores padding; AVE divides by the window clipped to [-pad, size+pad)."""
+
+    def __init__(self, method, kernel, stride, pad, in_size, out_size):
+        super().__init__(method=method, kernel=kernel, stride=stride, pad=pad, in_size=in_size, out_size=out_size)
+        pads = [pool_pads(in_size[i], kernel[i], stride[i], pad[i], out_size[i]) for i in range(2)]
+        self.right = [p[0] for p in pads]
+        self.crop = [p[1] for p in pads]
+        if method == "AVE":
+            self.register_buffer("scale", self._scale(), persistent=False)
+
+    def _scale(self):
+        a = self.args
+        rows = []
+        for i in range(2):
+            k, s, p, size, out = a["kernel"][i], a["stride"][i], a["pad"][i], a["in_size"][i], a["out_size"][i]
+            rows.append(torch.tensor([min(o * s - p + k, size + p) - (o * s - p) for o in range(out)],
+                                     dtype=torch.float64))
+        area = rows[0][:, None] * rows[1][None, :]
+        return (a["kernel"][0] * a["kernel"][1] / area).to(torch.float32)
+
+    def _padded(self, x, value):
+        a = self.args
+        if self.crop[0] or self.crop[1]:
+            x = x[..., :x.shape[-2] - self.crop[0], :x.shape[-1] - self.crop[1]]
+        pad = (a["pad"][1], self.right[1], a["pad"][0], self.right[0])
+        return F.pad(x, pad, value=value) if any(pad) else x
+
+    def forward(self, x):
+        a = self.args
+        if a["method"] == "MAX":
+            return F.max_pool2d(self._padded(x, float("-inf")), a["kernel"], a["stride"])
+        if a["method"] == "AVE":
+            return F.avg_pool2d(self._padded(x, 0.0), a["kernel"], a["stride"]) * self.scale
+        # STOCHASTIC at test time: the probability-weighted average sum(x^2)/sum(x) of each window
+        xp = self._padded(x, 0.0)
+        num = F.avg_pool2d(xp * xp, a["kernel"], a["stride"])
+        den = F.avg_pool2d(xp, a["kernel"], a["stride"])
+        return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), torch.zeros_like(den))
+
+
+class GlobalPooling(CaffeModule):
+    def __init__(self, method):
+        super().__init__(method=method)
+
+    def forward(self, x):
+        if self.args["method"] == "MAX":
+            return torch.amax(x, dim=(2, 3), keepdim=True)
+        return torch.mean(x, dim=(2, 3), keepdim=True)
+
+
+class SPP(CaffeModule):
+    def __init__(self, levels):
+        super().__init__(levels=levels)
+        self.pools = nn.ModuleList([Pooling(**lv) for lv in levels])
+
+    def forward(self, x):
+        outs = [p(x) for p in self.pools]
+        if len(outs) == 1:
+            return outs[0]
+        return torch.cat([o.flatten(1) for o in outs], 1)
+
+
+class InnerProduct(CaffeModule):
+    def __init__(self, in_features, out_features, axis, bias, transpose):
+        super().__init__(in_features=in_features, out_features=out_features, axis=axis, bias=bias,
+                         transpose=transpose)
+        shape = (in_features, out_features) if transpose else (out_features, in_features)
+        self.weight = nn.Parameter(torch.zeros(*shape))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x):
+        a = self.args
+        x = x.flatten(a["axis"]) if x.dim() > a["axis"] + 1 else x
+        w = self.weight.t() if a["transpose"] else self.weight
+        return F.linear(x, w, self.bias)
+
+
+class LRN(CaffeModule):
+    def __init__(self, size, alpha, beta, k, region):
+        super().__init__(size=size, alpha=alpha, beta=beta, k=k, region=region)
+
+    def forward(self, x):
+        a = self.args
+        n = a["size"]
+        pre = (n - 1) // 2
+        sq = x * x
+        if a["region"] == "ACROSS_CHANNELS":
+            s = sq.unsqueeze(1)  # N,1,C,H,W: pool over channels
+            s = F.pad(s, (0, 0, 0, 0, pre, n - 1 - pre))
+            s = F.avg_pool3d(s, (n, 1, 1), stride=1).squeeze(1)
+            return x * torch.pow(a["k"] + a["alpha"] * s, -a["beta"])
+        s = F.avg_pool2d(F.pad(sq, (pre, n - 1 - pre, pre, n - 1 - pre)), n, stride=1)
+        return x * torch.pow(1.0 + a["alpha"] * s, -a["beta"])
+
+
+class ReLU(CaffeModule):
+    def __init__(self, negative_slope=0.0):
+        super().__init__(negative_slope=negative_slope)
+
+    def forward(self, x):
+        s = self.args["negative_slope"]
+        return F.relu(x) if s == 0 else F.leaky_relu(x, s)
+
+
+class PReLU(CaffeModule):
+    def __init__(self, channels, shared):
+        super().__init__(channels=channels, shared=shared)
+        self.weight = nn.Parameter(torch.zeros(() if shared else (channels,)))
+
+    def forward(self, x):
+        w = self.weight.reshape(_bshape(x.dim(), 1, [1 if self.args["shared"] else self.args["channels"]]))
+        return torch.clamp(x, min=0) + w * torch.clamp(x, max=0)
+
+
+class Elementwise(CaffeModule):
+    """Caffe's parameter-free neurons."""
+
+    def __init__(self, op, **args):
+        super().__init__(op=op, **args)
+
+    def forward(self, x):
+        a, op = self.args, self.args["op"]
+        if op == "Sigmoid":
+            return torch.sigmoid(x)
+        if op == "TanH":
+            return torch.tanh(x)
+        if op == "AbsVal":
+            return torch.abs(x)
+        if op == "BNLL":
+            return F.softplus(x)
+        if op == "ELU":
+            return F.elu(x, a["alpha"])
+        if op == "Power":
+            y = x * a["scale"] + a["shift"] if (a["scale"] != 1 or a["shift"] != 0) else x
+            return y if a["power"] == 1 else torch.pow(y, a["power"])
+        if op == "Exp":
+            y = x * a["scale"] + a["shift"]
+            return torch.exp(y) if a["base"] == -1 else torch.exp(y * math.log(a["base"]))
+        if op == "Log":
+            y = torch.log(x * a["scale"] + a["shift"])
+            return y if a["base"] == -1 else y / math.log(a["base"])
+        if op == "Threshold":
+            return (x > a["threshold"]).to(x.dtype)
+        if op == "Clip":
+            return torch.clamp(x, a["min"], a["max"])
+        if op == "Swish":
+            return x * torch.sigmoid(a["beta"] * x)
+        raise ValueError(op)
+
+
+class Dropout(CaffeModule):
+    def __init__(self, ratio):
+        super().__init__(ratio=ratio)
+
+    def forward(self, x):
+        return F.dropout(x, self.args["ratio"], self.training)
+
+
+class BatchNorm(CaffeModule):
+    """Caffe BatchNorm: stored sums [mean*s, var*s, s]; TRAIN uses batch statistics and updates the sums."""
+
+    def __init__(self, channels, eps, maf, use_global_stats):
+        super().__init__(channels=channels, eps=eps, maf=maf, use_global_stats=use_global_stats)
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("variance", torch.zeros(channels))
+        self.register_buffer("scale_factor", torch.zeros(1))
+
+    def forward(self, x):
+        a = self.args
+        c = a["channels"]
+        view = _bshape(x.dim(), 1, [c])
+        use_global = a["use_global_stats"] if a["use_global_stats"] is not None else not self.training
+        if use_global:
+            s = self.scale_factor[0]
+            factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+            mean, var = self.mean * factor, self.variance * factor
+        else:
+            dims = [d for d in range(x.dim()) if d != 1]
+            mean = x.mean(dim=dims)
+            var = ((x - mean.reshape(view)) ** 2).mean(dim=dims)
+            with torch.no_grad():
+                m = x.numel() // c
+                self.scale_factor.mul_(a["maf"]).add_(1.0)
+                self.mean.mul_(a["maf"]).add_(mean.detach())
+                self.variance.mul_(a["maf"]).add_(var.detach() * (m / max(m - 1, 1)))
+        return (x - mean.reshape(view)) / torch.sqrt(var.reshape(view) + a["eps"])
+
+
+class Scale(CaffeModule):
+    """y = x * gamma (+ beta), gamma a parameter or the second bottom, broadcast from `axis`."""
+
+    def __init__(self, axis, shape, has_weight, bias):
+        super().__init__(axis=axis, shape=shape, has_weight=has_weight, bias=bias)
+        self.weight = nn.Parameter(torch.ones(*shape)) if has_weight else None
+        self.bias = nn.Parameter(torch.zeros(*shape)) if bias else None
+
+    def forward(self, x, *operand):
+        a = self.args
+        view = _bshape(x.dim(), a["axis"], a["shape"])
+        w = operand[0] if operand else self.weight
+        y = x * w.reshape(view) if w is not None else x
+        return y + self.bias.reshape(view) if self.bias is not None else y
+
+
+class Eltwise(CaffeModule):
+    def __init__(self, op, coeff):
+        super().__init__(op=op, coeff=coeff)
+
+    def forward(self, *xs):
+        a = self.args
+        if a["op"] == "PROD":
+            y = xs[0]
+            for x in xs[1:]:
+                y = y * x
+            return y
+        if a["op"] == "MAX":
+            y = xs[0]
+            for x in xs[1:]:
+                y = torch.maximum(y, x)
+            return y
+        coeff = a["coeff"] or [1.0] * len(xs)
+        y = xs[0] if coeff[0] == 1 else xs[0] * coeff[0]
+        for c, x in zip(coeff[1:], xs[1:]):
+            y = y + x if c == 1 else y + c * x
+        return y
+
+
+class Concat(CaffeModule):
+    def __init__(self, axis):
+        super().__init__(axis=axis)
+
+    def forward(self, *xs):
+        return torch.cat(xs, self.args["axis"])
+
+
+class Slice(CaffeModule):
+    def __init__(self, axis, sizes):
+        super().__init__(axis=axis, sizes=sizes)
+
+    def forward(self, x):
+        if len(self.args["sizes"]) == 1:
+            return x
+        return tuple(torch.split(x, self.args["sizes"], self.args["axis"]))
+
+
+class Split(CaffeModule):
+    def __init__(self, n):
+        super().__init__(n=n)
+
+    def forward(self, x):
+        return x if self.args["n"] == 1 else tuple(x for _ in range(self.args["n"]))
+
+
+class Reshape(CaffeModule):
+    """Caffe Reshape/Flatten: `start` axes copied, then `dims` (0 copy, -1 infer), then the tail."""
+
+    def __init__(self, start, end, dims):
+        super().__init__(start=start, end=end, dims=dims)
+
+    def forward(self, x):
+        a = self.args
+        shape = list(x.shape)
+        end = len(shape) if a["end"] is None else a["end"]
+        mid = [shape[a["start"] + i] if d == 0 else d for i, d in enumerate(a["dims"])]
+        return x.reshape(shape[:a["start"]] + mid + shape[end:])
+
+
+class Crop(CaffeModule):
+    def __init__(self, axis, offsets):
+        super().__init__(axis=axis, offsets=offsets)
+
+    def forward(self, x, ref):
+        a = self.args
+        for i, off in enumerate(a["offsets"]):
+            ax = a["axis"] + i
+            x = x.narrow(ax, off, ref.shape[ax])
+        return x
+
+
+class Softmax(CaffeModule):
+    def __init__(self, axis):
+        super().__init__(axis=axis)
+
+    def forward(self, x):
+        return torch.softmax(x, self.args["axis"])
+
+
+class MVN(CaffeModule):
+    def __init__(self, normalize_variance, across_channels, eps):
+        super().__init__(normalize_variance=normalize_variance, across_channels=across_channels, eps=eps)
+
+    def forward(self, x):
+        a = self.args
+        dims = tuple(range(1 if a["across_channels"] else 2, x.dim()))
+        y = x - x.mean(dim=dims, keepdim=True)
+        if a["normalize_variance"]:
+            y = y / (torch.sqrt((y * y).mean(dim=dims, keepdim=True)) + a["eps"])
+        return y
+
+
+class Reduction(CaffeModule):
+    def __init__(self, op, axis, coeff):
+        super().__init__(op=op, axis=axis, coeff=coeff)
+
+    def forward(self, x):
+        a = self.args
+        y = x.flatten(a["axis"]) if a["axis"] < x.dim() else x.unsqueeze(-1)
+        if a["op"] == "ASUM":
+            y = y.abs()
+        elif a["op"] == "SUMSQ":
+            y = y * y
+        y = y.mean(-1) if a["op"] == "MEAN" else y.sum(-1)
+        return y * a["coeff"] if a["coeff"] != 1 else y
+
+
+class ArgMax(CaffeModule):
+    def __init__(self, axis, top_k, out_max_val):
+        super().__init__(axis=axis, top_k=top_k, out_max_val=out_max_val)
+
+    def forward(self, x):
+        a = self.args
+        if a["axis"] is not None:
+            values, idx = torch.topk(x, a["top_k"], dim=a["axis"])
+            return values if a["out_max_val"] else idx.to(x.dtype)
+        flat = x.flatten(1)
+        values, idx = torch.topk(flat, a["top_k"], dim=1)
+        out = torch.stack([idx.to(x.dtype), values], 1) if a["out_max_val"] else idx.to(x.dtype).unsqueeze(1)
+        return out.reshape(list(out.shape) + [1] * (x.dim() - 3))
+
+
+class Tile(CaffeModule):
+    def __init__(self, axis, tiles):
+        super().__init__(axis=axis, tiles=tiles)
+
+    def forward(self, x):
+        reps = [1] * x.dim()
+        reps[self.args["axis"]] = self.args["tiles"]
+        return x.repeat(*reps)
+
+
+class Embed(CaffeModule):
+    def __init__(self, input_dim, num_output, bias):
+        super().__init__(input_dim=input_dim, num_output=num_output, bias=bias)
+        self.weight = nn.Parameter(torch.zeros(input_dim, num_output))
+        self.bias = nn.Parameter(torch.zeros(num_output)) if bias else None
+
+    def forward(self, x):
+        y = F.embedding(x.long(), self.weight)
+        return y + self.bias if self.bias is not None else y
+
+
+class Parameter(CaffeModule):
+    def __init__(self, shape):
+        super().__init__(shape=shape)
+        self.weight = nn.Parameter(torch.zeros(*shape))
+
+    def forward(self):
+        return self.weight
+
+
+class LSTM(CaffeModule):
+    """Caffe's LSTM over (T, N, ...) with sequence-continuation flags cont (T, N); gates i, f, o, g."""
+
+    def __init__(self, input_size, hidden, static_size):
+        super().__init__(input_size=input_size, hidden=hidden, static_size=static_size)
+        h = hidden
+        self.weight_xc = nn.Parameter(torch.zeros(4 * h, input_size))
+        self.bias_c = nn.Parameter(torch.zeros(4 * h))
+        self.weight_xc_static = nn.Parameter(torch.zeros(4 * h, static_size)) if static_size else None
+        self.weight_hc = nn.Parameter(torch.zeros(4 * h, h))
+
+    def forward(self, x, cont, *static):
+        t_steps, n, h = x.shape[0], x.shape[1], self.args["hidden"]
+        gates_x = F.linear(x.flatten(2), self.weight_xc, self.bias_c)
+        if static:
+            gates_x = gates_x + F.linear(static[0].flatten(1), self.weight_xc_static).unsqueeze(0)
+        h_prev = x.new_zeros(n, h)
+        c_prev = x.new_zeros(n, h)
+        outs = []
+        for t in range(t_steps):
+            keep = cont[t].reshape(n, 1)
+            gates = gates_x[t] + F.linear(h_prev * keep, self.weight_hc)
+            i, f, o, g = gates.split(h, 1)
+            c_prev = keep * torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+            h_prev = torch.sigmoid(o) * torch.tanh(c_prev)
+            outs.append(h_prev)
+        return torch.stack(outs, 0)
+
+
+class RNN(CaffeModule):
+    """Caffe's RNN: h_t = tanh(W_hh (cont*h_{t-1}) + W_xh x_t + b_h); o_t = tanh(W_ho h_t + b_o)."""
+
+    def __init__(self, input_size, hidden, static_size):
+        super().__init__(input_size=input_size, hidden=hidden, static_size=static_size)
+        h = hidden
+        self.weight_xh = nn.Parameter(torch.zeros(h, input_size))
+        self.bias_h = nn.Parameter(torch.zeros(h))
+        self.weight_xh_static = nn.Parameter(torch.zeros(h, static_size)) if static_size else None
+        self.weight_hh = nn.Parameter(torch.zeros(h, h))
+        self.weight_ho = nn.Parameter(torch.zeros(h, h))
+        self.bias_o = nn.Parameter(torch.zeros(h))
+
+    def forward(self, x, cont, *static):
+        t_steps, n, h = x.shape[0], x.shape[1], self.args["hidden"]
+        pre = F.linear(x.flatten(2), self.weight_xh, self.bias_h)
+        if static:
+            pre = pre + F.linear(static[0].flatten(1), self.weight_xh_static).unsqueeze(0)
+        h_prev = x.new_zeros(n, h)
+        outs = []
+        for t in range(t_steps):
+            h_prev = torch.tanh(pre[t] + F.linear(h_prev * cont[t].reshape(n, 1), self.weight_hh))
+            outs.append(torch.tanh(F.linear(h_prev, self.weight_ho, self.bias_o)))
+        return torch.stack(outs, 0)
+
+
+# -- training-only layers (used by `zoo train`) ----------------------------------------------------
+
+class SoftmaxWithLoss(CaffeModule):
+    """Mean of -log(max(p, FLT_MIN)) over the non-ignored items (normalization VALID by default)."""
+
+    def __init__(self, axis, ignore_label, normalization):
+        super().__init__(axis=axis, ignore_label=ignore_label, normalization=normalization)
+
+    def forward(self, x, label):
+        a = self.args
+        logp = torch.log_softmax(x, a["axis"]).clamp(min=math.log(1.17549435e-38))
+        logp = logp.movedim(a["axis"], -1).reshape(-1, x.shape[a["axis"]])
+        lab = label.reshape(-1).long()
+        valid = torch.ones_like(lab, dtype=torch.bool) if a["ignore_label"] is None else lab != a["ignore_label"]
+        picked = logp.gather(1, torch.where(valid, lab, torch.zeros_like(lab)).unsqueeze(1)).squeeze(1)
+        total = -(picked * valid.to(x.dtype)).sum()
+        norm = {"FULL": lab.numel(), "VALID": valid.sum(), "BATCH_SIZE": x.shape[0], "NONE": 1}[a["normalization"]]
+        norm = torch.clamp(torch.as_tensor(norm, dtype=x.dtype), min=1.0)
+        return total / norm
+
+
+class EuclideanLoss(CaffeModule):
+    def forward(self, a, b):
+        return ((a - b) ** 2).sum() / (2 * a.shape[0])
+
+
+class SigmoidCrossEntropyLoss(CaffeModule):
+    def __init__(self, normalization):
+        super().__init__(normalization=normalization)
+
+    def forward(self, x, target):
+        loss = F.binary_cross_entropy_with_logits(x, target.reshape(x.shape), reduction="sum")
+        norm = x.shape[0] if self.args["normalization"] in ("BATCH_SIZE",) else (
+            x.numel() if self.args["normalization"] in ("FULL", "VALID") else 1)
+        return loss / max(norm, 1)
+
+
+class Accuracy(CaffeModule):
+    def __init__(self, axis, top_k, ignore_label):
+        super().__init__(axis=axis, top_k=top_k, ignore_label=ignore_label)
+
+    def forward(self, x, label):
+        a = self.args
+        scores = x.movedim(a["axis"], -1).reshape(-1, x.shape[a["axis"]])
+        lab = label.reshape(-1).long()
+        top = scores.topk(a["top_k"], 1).indices
+        hit = (top == lab.unsqueeze(1)).any(1)
+        valid = torch.ones_like(hit) if a["ignore_label"] is None else lab != a["ignore_label"]
+        return (hit & valid).sum().to(x.dtype) / valid.sum().clamp(min=1).to(x.dtype)

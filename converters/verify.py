@@ -1,0 +1,148 @@
+"""Run the PyTorch module and the ONNX model (and reference arrays, when given) blob by blob and
+report the first layer where they part."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from prototxt.graph import Graph
+
+
+@dataclass
+class BlobCheck:
+    blob: str                 # Caffe blob name (final value) or unique value name
+    layer: str                # producing layer
+    torch_vs_onnx: Optional[float] = None
+    torch_vs_reference: Optional[float] = None
+    onnx_vs_reference: Optional[float] = None
+    ok: bool = True
+
+
+@dataclass
+class VerifyReport:
+    checks: list[BlobCheck] = field(default_factory=list)
+    outputs: dict[str, float] = field(default_factory=dict)   # output -> max |torch - onnx|
+    first_divergence: Optional[BlobCheck] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_divergence is None
+
+    def lines(self) -> list[str]:
+        out = [f"{name}: max |pytorch - onnxruntime| = {d:.3g}" for name, d in self.outputs.items()]
+        if self.first_divergence:
+            c = self.first_divergence
+            out.append(f"first divergence at layer '{c.layer}' (blob '{c.blob}'): "
+                       f"pytorch-onnx {_fmt(c.torch_vs_onnx)}, pytorch-reference {_fmt(c.torch_vs_reference)}, "
+                       f"onnx-reference {_fmt(c.onnx_vs_reference)}")
+        else:
+            out.append(f"all {len(self.checks)} compared blobs agree")
+        return out
+
+
+def _fmt(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def random_inputs(graph: Graph, seed: int = 0) -> list[np.ndarray]:
+    """One seeded input per net input: images-like values for 4-D inputs, small ones otherwise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in graph.inputs:
+        shape = graph.values[v].shape
+        if len(shape) == 4:
+            out.append((rng.uniform(0, 255, shape) - 128).astype(np.float32))
+        else:
+            out.append(rng.uniform(0, 1, shape).astype(np.float32))
+    return out
+
+
+def _close(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[float, bool]:
+    if a.shape != b.shape:
+        return float("inf"), False
+    diff = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
+    atol = rtol * max(1.0, float(np.max(np.abs(b))) if b.size else 1.0)
+    return diff, bool(np.allclose(a, b, rtol=rtol, atol=atol))
+
+
+def run_onnx_values(graph: Graph, inputs: Sequence[np.ndarray], values: Sequence[str], threads: int = 2):
+    """Every requested graph value from onnxruntime (unfolded model, all values exposed)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from .onnx import to_onnx
+    model = to_onnx(graph, fold=False, dynamic_batch=False)
+    produced = {o for n in model.graph.node for o in n.output}
+    have = {o.name for o in model.graph.output}
+    for v in values:
+        if v in produced and v not in have:
+            model.graph.output.append(helper.make_tensor_value_info(v, TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.ascontiguousarray(x, dtype=np.float32) for i, x in zip(sess.get_inputs(), inputs)}
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, feeds)))
+
+
+def run_torch_values(graph: Graph, inputs: Sequence[np.ndarray]):
+    import torch
+    from torch.fx import Interpreter
+
+    from .torch import to_pytorch
+    module = to_pytorch(graph)
+    env: dict[str, object] = {}
+
+    class _Recorder(Interpreter):
+        def run_node(self, n):
+            result = super().run_node(n)
+            env[n.name] = result
+            return result
+
+    with torch.no_grad():
+        _Recorder(module).run(*[torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in inputs])
+    out = {}
+    for value, node in module.value_nodes.items():
+        t = env.get(node)
+        if torch.is_tensor(t):
+            out[value] = t.numpy()
+    return out
+
+
+def verify(graph: Graph, inputs: Optional[Sequence[np.ndarray]] = None,
+           blobs: Optional[Mapping[str, np.ndarray]] = None, rtol: float = 1e-4, seed: int = 0) -> VerifyReport:
+    """Compare PyTorch and onnxruntime on every value, and both against reference ``blobs``
+    (``{Caffe blob name: array}``, e.g. from real Caffe) where given."""
+    inputs = list(inputs) if inputs is not None else random_inputs(graph, seed)
+    torch_values = run_torch_values(graph, inputs)
+    order = [v for l in graph.layers for v in l.tops if v in torch_values]
+    onnx_values = run_onnx_values(graph, inputs, order)
+    finals = {graph.final_value(name): name for name in (blobs or {})}
+    report = VerifyReport()
+    for layer in graph.layers:
+        for v in layer.tops:
+            if v not in torch_values:
+                continue
+            check = BlobCheck(graph.values[v].caffe_name if v in finals or v == graph.values[v].caffe_name else v,
+                              layer.name)
+            t = torch_values[v]
+            if v in onnx_values:
+                check.torch_vs_onnx, ok = _close(t, onnx_values[v], rtol)
+                check.ok &= ok
+            if v in finals:
+                ref = np.asarray(blobs[finals[v]])
+                check.torch_vs_reference, ok = _close(t, ref, rtol)
+                check.ok &= ok
+                if v in onnx_values:
+                    check.onnx_vs_reference, ok = _close(onnx_values[v], ref, rtol)
+                    check.ok &= ok
+            report.checks.append(check)
+            if not check.ok and report.first_divergence is None:
+                report.first_divergence = check
+    for o in graph.outputs:
+        if o in torch_values and o in onnx_values:
+            report.outputs[graph.values[o].caffe_name] = _close(torch_values[o], onnx_values[o], rtol)[0]
+    return report

@@ -1,0 +1,98 @@
+"""Caffe's fillers (filler.hpp): the initial values of a layer's blobs when no weights are stored.
+
+Caffe keeps a net layer that the .caffemodel does not mention at its filler's values; the
+deterministic fillers (constant, bilinear) therefore matter for conversion, the random ones for
+training a new layer (their draws cannot match Caffe's RNG stream, only its distribution).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from . import caffe_pb2
+
+FillerParameter = caffe_pb2.FillerParameter
+
+
+def _fans(shape) -> tuple[int, int]:
+    count = math.prod(shape) if shape else 1
+    fan_in = count // shape[0] if shape else 1
+    fan_out = count // shape[1] if len(shape) > 1 else count
+    return fan_in, fan_out
+
+
+def _n(filler: FillerParameter, shape) -> float:
+    fan_in, fan_out = _fans(shape)
+    if filler.variance_norm == FillerParameter.AVERAGE:
+        return (fan_in + fan_out) / 2.0
+    return float(fan_out if filler.variance_norm == FillerParameter.FAN_OUT else fan_in)
+
+
+def fill(filler: Optional[FillerParameter], shape, rng: np.random.Generator) -> np.ndarray:
+    """A float32 array of ``shape`` drawn as Caffe's filler of that type would (default: constant 0)."""
+    shape = tuple(int(d) for d in shape)
+    f = filler if filler is not None else FillerParameter()
+    kind = f.type
+    if kind == "constant":
+        out = np.full(shape, f.value, dtype=np.float64)
+    elif kind == "uniform":
+        out = rng.uniform(f.min, f.max, shape)
+    elif kind == "gaussian":
+        out = rng.normal(f.mean, f.std, shape)
+    elif kind == "xavier":
+        scale = math.sqrt(3.0 / _n(f, shape))
+        out = rng.uniform(-scale, scale, shape)
+    elif kind == "msra":
+        out = rng.normal(0.0, math.sqrt(2.0 / _n(f, shape)), shape)
+    elif kind == "positive_unitball":
+        out = rng.uniform(0, 1, shape)
+        flat = out.reshape(shape[0], -1)
+        out = (flat / flat.sum(axis=1, keepdims=True)).reshape(shape)
+    elif kind == "bilinear":
+        if len(shape) != 4 or shape[2] != shape[3]:
+            raise ValueError(f"the bilinear filler needs a square 4-D blob, not {shape}")
+        k = shape[3]
+        factor = math.ceil(k / 2.0)
+        center = (2 * factor - 1 - factor % 2) / (2.0 * factor)
+        x = np.arange(k)
+        w1 = 1 - np.abs(x / factor - center)
+        out = np.broadcast_to(w1[:, None] * w1[None, :], shape).copy()
+    else:
+        raise ValueError(f"unknown filler type '{kind}'")
+    return out.astype(np.float32)
+
+
+def layer_fillers(layer: caffe_pb2.LayerParameter, count: int) -> list[Optional[FillerParameter]]:
+    """The filler of each of a layer's ``count`` blobs, as each layer type's LayerSetUp picks them."""
+    t = layer.type
+    def has(name):
+        return layer.HasField(name)
+    if t in ("Convolution", "Deconvolution") and has("convolution_param"):
+        p = layer.convolution_param
+        return [p.weight_filler, p.bias_filler][:count]
+    if t == "InnerProduct":
+        p = layer.inner_product_param
+        return [p.weight_filler, p.bias_filler][:count]
+    if t == "Embed":
+        p = layer.embed_param
+        return [p.weight_filler, p.bias_filler][:count]
+    if t in ("LSTM", "RNN"):
+        p = layer.recurrent_param
+        fillers = [p.weight_filler] * count
+        fillers[1] = p.bias_filler
+        if t == "RNN" and count >= 1:
+            fillers[-1] = p.bias_filler
+        return fillers
+    if t == "Scale":
+        p = layer.scale_param
+        one = FillerParameter(type="constant", value=1.0)
+        return [p.filler if p.HasField("filler") else one, p.bias_filler][:count] if len(layer.bottom) == 1 \
+            else [p.bias_filler][:count]
+    if t == "Bias":
+        return [layer.bias_param.filler][:count]
+    if t == "PReLU":
+        p = layer.prelu_param
+        return [p.filler if p.HasField("filler") else FillerParameter(type="constant", value=0.25)]
+    return [None] * count
