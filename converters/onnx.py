@@ -33,8 +33,9 @@ class OnnxContext:
     def __init__(self, graph: Graph, opset: int):
         self.graph, self.opset = graph, opset
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        self.arrays: dict[str, np.ndarray] = {}  # initializers, kept as numpy until written
         self._names: set[str] = set(graph.values)
+        self._node_names: set[str] = set()  # nodes have their own namespace: a layer keeps its name beside its top
         self.layer: Optional[Layer] = None
 
     def unique(self, hint: str) -> str:
@@ -50,14 +51,19 @@ class OnnxContext:
 
     def node(self, op: str, inputs: Sequence[str], outputs: Optional[Sequence[str]] = None, **attrs) -> list[str]:
         outputs = list(outputs) if outputs is not None else [self.tmp(op.lower())]
-        name = self.unique(self.layer.name if self.layer and not any(n.name == self.layer.name for n in self.nodes)
-                           else f"{self.layer.name if self.layer else op}/{op}")
+        hint = self.layer.name if self.layer else op
+        name, k = (hint if hint not in self._node_names else f"{hint}/{op}"), 1
+        base = name
+        while name in self._node_names:
+            k += 1
+            name = f"{base}_{k}"
+        self._node_names.add(name)
         self.nodes.append(helper.make_node(op, list(inputs), outputs, name=name, **attrs))
         return outputs
 
     def const(self, array, suffix: str = "const", dtype=np.float32) -> str:
         name = self.tmp(suffix)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(array, dtype=dtype)), name))
+        self.arrays[name] = np.ascontiguousarray(np.asarray(array, dtype=dtype))
         return name
 
     def ints(self, values: Sequence[int], suffix: str = "shape") -> str:
@@ -78,9 +84,13 @@ def _value_info(graph: Graph, value: str, dynamic_batch: bool) -> onnx.ValueInfo
                                          TensorProto.FLOAT, shape)
 
 
-def to_onnx(graph: Graph, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
-            fold: bool = True) -> onnx.ModelProto:
-    """The graph as an ONNX model: inputs in Caffe's input order, outputs in Caffe's output order."""
+def build(graph: Graph, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+          fold: bool = True) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The model with empty initializers (names, dims and types only) and their arrays, checked.
+
+    Keeping the weights out of the protobuf until they are written saves two copies of them
+    (the checker and the serializer would each make one).
+    """
     registry.check_supported(graph)
     missing = [l.name for l in graph.layers if l.param_shapes and not l.blobs]
     if missing:
@@ -90,7 +100,6 @@ def to_onnx(graph: Graph, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
     ctx = OnnxContext(graph, opset)
     plan = fold_affine(graph) if fold else {}
     dropped = []
-    alias: dict[str, str] = {}
     for layer in graph.layers:
         if layer.type in registry.DATA_LAYERS:
             continue
@@ -98,32 +107,106 @@ def to_onnx(graph: Graph, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
             dropped.append(f"{layer.name} ({layer.type})")
             continue
         ctx.layer = layer
-        if layer.name in plan:
-            plan[layer.name](layer, ctx)
-            continue
-        registry.get(layer.type).onnx(layer, ctx)
+        emit = plan.get(layer.name) or registry.get(layer.type).onnx
+        emit(layer, ctx)
     if dropped:
-        warnings.warn(ConversionNote(f"left out training-only layers: {', '.join(dropped)}"), stacklevel=2)
-    outputs = [o for o in graph.outputs if graph.layer(graph.values[o].producer).type not in registry.TRAINING_ONLY
-               ] if graph.outputs else []
-    outputs = [o for o in outputs if graph.values[o].producer is not None]
-    # Inputs that an in-place layer rewrites keep their Caffe name; nodes refer to the unique name.
-    for v in graph.inputs:
-        if graph.values[v].caffe_name != v:
-            alias[v] = graph.values[v].caffe_name
-    if alias:
-        for n in ctx.nodes:
-            n.input[:] = [alias.get(i, i) for i in n.input]
-    g = helper.make_graph(
-        ctx.nodes, graph.name or "caffe_net",
-        [_value_info(graph, v, dynamic_batch and not recurrent) for v in graph.inputs],
-        [_value_info(graph, v, dynamic_batch and not recurrent) for v in outputs],
-        initializer=ctx.initializers)
+        warnings.warn(ConversionNote(f"left out training-only layers: {', '.join(dropped)}"), stacklevel=3)
+    outputs = [o for o in graph.outputs if graph.values[o].producer is not None
+               and graph.layer(graph.values[o].producer).type not in registry.TRAINING_ONLY]
+    dynamic = dynamic_batch and not recurrent
+    headers = [TensorProto(name=name, data_type=_ONNX_TYPES[a.dtype], dims=list(a.shape))
+               for name, a in ctx.arrays.items()]
+    g = helper.make_graph(ctx.nodes, graph.name or "caffe_net",
+                          [_value_info(graph, v, dynamic) for v in graph.inputs],
+                          [_value_info(graph, v, dynamic) for v in outputs], initializer=headers)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="caffezoo", producer_version="0.1")
     model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
+    _check(model)
+    return model, ctx.arrays
+
+
+_ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64}
+
+
+def _check(model: onnx.ModelProto) -> None:
+    """onnx.checker on the structure: each initializer stands in as one value of its rank."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for t in probe.graph.initializer:
+        ndim = len(t.dims)
+        t.ClearField("dims")
+        t.dims.extend([1] * ndim)
+        if t.data_type == TensorProto.INT64:
+            t.int64_data.append(0)
+        else:
+            t.float_data.append(0.0)
+    onnx.checker.check_model(probe)
+
+
+def to_onnx(graph: Graph, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+            fold: bool = True) -> onnx.ModelProto:
+    """The graph as an ONNX model: inputs in Caffe's input order, outputs in Caffe's output order."""
+    model, arrays = build(graph, opset, dynamic_batch, fold)
+    for t in model.graph.initializer:
+        t.raw_data = arrays[t.name].tobytes()
     return model
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, length: int) -> bytes:
+    return _varint((number << 3) | 2) + _varint(length)
+
+
+def write_model(model: onnx.ModelProto, arrays: dict[str, np.ndarray], path) -> None:
+    """Write ``model`` with its initializers' data streamed from ``arrays`` (no copy of the weights
+    in memory); atomically (temp file, then rename). Readable by any ONNX loader: protobuf merges the
+    graph's fields in any order."""
+    import os
+    import tempfile
+    head = onnx.ModelProto()
+    head.CopyFrom(model)
+    head.ClearField("graph")
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)
+    graph.ClearField("initializer")
+    tensors = []
+    for t in model.graph.initializer:
+        header = t.SerializeToString()
+        data = arrays[t.name] if t.name in arrays else None
+        raw = memoryview(np.ascontiguousarray(data)).cast("B") if data is not None else memoryview(b"")
+        body = len(header) + (len(_field(9, len(raw))) + len(raw) if data is not None else 0)
+        tensors.append((header, raw, body, data is not None))
+    graph_bytes = graph.SerializeToString()
+    graph_len = len(graph_bytes) + sum(len(_field(5, body)) + body for _, _, body, _ in tensors)
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(head.SerializeToString())
+            f.write(_field(7, graph_len))
+            f.write(graph_bytes)
+            for header, raw, body, has_data in tensors:
+                f.write(_field(5, body))
+                f.write(header)
+                if has_data:
+                    f.write(_field(9, len(raw)))
+                    f.write(raw)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def save_onnx(model: onnx.ModelProto, path) -> None:

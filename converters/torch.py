@@ -67,14 +67,22 @@ def _loss_module(layer):
 
 
 def _load_blobs(module: torch.nn.Module, layer, blob_names: list[str]) -> None:
+    """Point the module's tensors at the graph's arrays (no copy when they are float32 already)."""
     state = module.state_dict(keep_vars=True)
     for i, key in enumerate(blob_names):
         if i >= len(layer.blobs) or layer.blobs[i] is None:
             continue
         target = state[key]
-        value = torch.from_numpy(np.ascontiguousarray(layer.blobs[i], dtype=np.float32)).reshape(target.shape)
-        with torch.no_grad():
-            target.copy_(value)
+        array = np.asarray(layer.blobs[i])
+        if array.dtype != np.float32 or not array.flags.c_contiguous or not array.flags.writeable:
+            array = np.ascontiguousarray(array, dtype=np.float32)
+        value = torch.from_numpy(array).reshape(target.shape)
+        owner, _, attr = key.rpartition(".")
+        holder = module.get_submodule(owner) if owner else module
+        if isinstance(target, torch.nn.Parameter):
+            setattr(holder, attr, torch.nn.Parameter(value, requires_grad=target.requires_grad))
+        else:
+            holder.register_buffer(attr, value, persistent=attr not in getattr(holder, "_non_persistent_buffers_set", ()))
 
 
 def to_pytorch(graph: Graph, training: bool = False) -> fx.GraphModule:
@@ -143,6 +151,8 @@ def to_pytorch(graph: Graph, training: bool = False) -> fx.GraphModule:
     gm.value_nodes = value_nodes
     gm.input_names = [graph.values[v].caffe_name for v in graph.inputs]
     gm.output_names = [graph.values[o].caffe_name for o in outputs]
+    # Caffe layer name -> the state-dict key of each of its blobs, in Caffe's blob order.
+    gm.blob_keys = {names[attr]: [f"{attr}.{key}" for key in modules[names[attr]][1]] for attr in names}
     return gm.train(training)
 
 

@@ -35,6 +35,8 @@ ERRORS: list[tuple[str, str]] = [
     ("zoo.registry", "UnknownModelError"),
     ("zoo.download", "DownloadError"),
     ("zoo.cli", "CommandError"),
+    ("zoo.runtime", "RuntimeUnavailable"),
+    ("zoo.preprocess", "ImageError"),
 ]
 
 
@@ -260,6 +262,13 @@ examples:
   zoo convert deploy.prototxt --weights model.caffemodel -o out/
   zoo convert deploy.prototxt --weights model.caffemodel --input-shape data=1,3,224,224 --no-verify
 """
+_RUN_EXAMPLES = """\
+examples:
+  zoo run bvlc_googlenet cat.jpg dog.jpg
+  zoo run bvlc_googlenet --weights bvlc_googlenet.caffemodel photos/ --batch 16 --top 3
+  zoo run out/GoogleNet.onnx cat.jpg --card my_card.json
+  zoo run bvlc_alexnet cat.jpg --device cuda --json
+"""
 _VERIFY_EXAMPLES = """\
 examples:
   zoo verify deploy.prototxt --weights model.caffemodel
@@ -278,6 +287,9 @@ COMMANDS: list[Command] = [
             _run_download, DOWNLOAD_EXAMPLES),
     Command("convert", "convert a Caffe net + weights to ONNX and a standalone PyTorch folder, then check both",
             lambda p: _lazy("add_convert_arguments")(p), lambda a: _lazy("run_convert")(a), _CONVERT_EXAMPLES),
+    Command("run", "classify images with a zoo model or a converted .onnx through onnxruntime (CUDA or CPU)",
+            lambda p: importlib.import_module("zoo.run_cmd").add_arguments(p),
+            lambda a: importlib.import_module("zoo.run_cmd").run(a), _RUN_EXAMPLES),
     Command("verify", "run PyTorch and onnxruntime (and reference arrays) blob by blob; name the first divergence",
             lambda p: _lazy("add_verify_arguments")(p), lambda a: _lazy("run_verify")(a), _VERIFY_EXAMPLES),
 ]
@@ -353,6 +365,7 @@ _NUMBER_LIST = re.compile(r"\[\s+(-?\d+(?:,\s+-?\d+)*)\s+\]")
 
 def note(message: str) -> None:
     """A remark for the user on stderr, so that stdout stays data (e.g. JSON)."""
+    sys.stdout.flush()  # keep the order readable when both go to a terminal
     print(f"{PROG}: note: {one_line(message)}", file=sys.stderr)
 
 

@@ -22,6 +22,8 @@ from tests.converters.common import (close, comparable_blobs, describe, load_fix
                                      torch_values, violation)
 from tests.helpers import recipe, recipe_bytes, reference_fixtures, shared_params
 
+pytestmark = pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning")  # mkldnn.flags() says it
+
 BIG = 50e6  # bytes of weights: fixtures above this are marked slow
 
 BACKENDS = ("torch", "onnx")
