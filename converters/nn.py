@@ -59,6 +59,14 @@ class Deconvolution(CaffeModule):
         return ys[0] if len(ys) == 1 else ys
 
 
+def _torch_ceil_size(size, kernel, stride, pad):
+    """The output size of PyTorch's ceil-mode pooling."""
+    out = -(-(size + 2 * pad - kernel) // stride) + 1
+    if (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
 def pool_pads(size, kernel, stride, pad, out):
     """(crop, right pad) that make a floor-mode pooling over the explicitly padded input give `out`."""
     extra = (out - 1) * stride + kernel - size - pad
@@ -73,7 +81,12 @@ class Pooling(CaffeModule):
         pads = [pool_pads(in_size[i], kernel[i], stride[i], pad[i], out_size[i]) for i in range(2)]
         self.right = [p[0] for p in pads]
         self.crop = [p[1] for p in pads]
-        if method == "AVE":
+        # PyTorch's own ceil-mode pooling computes Caffe's windows and AVE divisor (it was ported from
+        # Caffe) whenever it yields the same output size; it is much faster than explicit padding.
+        self.native = method != "STOCHASTIC" and all(
+            2 * pad[i] <= kernel[i] and _torch_ceil_size(in_size[i], kernel[i], stride[i], pad[i]) == out_size[i]
+            for i in range(2))
+        if method == "AVE" and not self.native:
             self.register_buffer("scale", self._scale(), persistent=False)
 
     def _scale(self):
@@ -95,6 +108,10 @@ class Pooling(CaffeModule):
 
     def forward(self, x):
         a = self.args
+        if self.native and a["method"] == "MAX":
+            return F.max_pool2d(x, a["kernel"], a["stride"], a["pad"], ceil_mode=True)
+        if self.native:
+            return F.avg_pool2d(x, a["kernel"], a["stride"], a["pad"], ceil_mode=True, count_include_pad=True)
         if a["method"] == "MAX":
             return F.max_pool2d(self._padded(x, float("-inf")), a["kernel"], a["stride"])
         if a["method"] == "AVE":
@@ -153,9 +170,9 @@ class LRN(CaffeModule):
         pre = (n - 1) // 2
         sq = x * x
         if a["region"] == "ACROSS_CHANNELS":
-            s = sq.unsqueeze(1)  # N,1,C,H,W: pool over channels
-            s = F.pad(s, (0, 0, 0, 0, pre, n - 1 - pre))
-            s = F.avg_pool3d(s, (n, 1, 1), stride=1).squeeze(1)
+            # window sums over channels as differences of a running sum (zero-padded like Caffe)
+            c = torch.cumsum(F.pad(sq, (0, 0, 0, 0, pre + 1, n - 1 - pre)), dim=1)
+            s = (c[:, n:] - c[:, :-n]) / n
             return x * torch.pow(a["k"] + a["alpha"] * s, -a["beta"])
         s = F.avg_pool2d(F.pad(sq, (pre, n - 1 - pre, pre, n - 1 - pre)), n, stride=1)
         return x * torch.pow(1.0 + a["alpha"] * s, -a["beta"])

@@ -1,0 +1,34 @@
+"""Shared setup for the benchmarks: seeded caffemodels written from ../shared/reference recipes."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CACHE = Path(os.environ.get("ZOO_BENCH_CACHE", Path(tempfile.gettempdir()) / "caffezoo-bench"))
+
+
+def fixture(name: str) -> tuple[Path, Path, dict]:
+    """(net.prototxt, caffemodel, io arrays) of a reference model fixture, writing its weights once."""
+    folder = SHARED / "reference" / "models" / name
+    if not folder.exists():
+        sys.exit(f"{folder} not found: the benchmarks need ../shared/reference beside the repository")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    weights = CACHE / f"{name}.caffemodel"
+    if not weights.exists():
+        subprocess.run([sys.executable, str(SHARED / "tools" / "make_weights.py"), str(folder / "recipe.json"),
+                        str(weights)], check=True)
+    import numpy as np
+    io = np.load(folder / "io.npz")
+    return folder / "net.prototxt", weights, {k: io[k] for k in io.files}
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
