@@ -37,6 +37,11 @@ ERRORS: list[tuple[str, str]] = [
     ("zoo.cli", "CommandError"),
     ("zoo.runtime", "RuntimeUnavailable"),
     ("zoo.preprocess", "ImageError"),
+    ("zoo.solver", "SolverConfigError"),
+    ("zoo.solver", "SolverStateError"),
+    ("zoo.data", "DataError"),
+    ("zoo.train", "TrainError"),
+    ("builtins", "OSError"),  # a folder that cannot be written, a disk that is full
 ]
 
 
@@ -275,6 +280,19 @@ examples:
   zoo verify deploy.prototxt --weights model.caffemodel --reference io.npz
 """
 
+_TRAIN_EXAMPLES = """\
+examples:
+  zoo train --solver solver.prototxt --weights bvlc_reference_caffenet.caffemodel
+  zoo train --solver solver.prototxt --snapshot snapshots/net_iter_5000.solverstate
+  zoo train --solver solver.prototxt --weights init.caffemodel --feed batches.npz \\
+            --log log.json --output final.caffemodel --device cpu
+
+Paths in the solver (net, snapshot_prefix, data sources) are relative to the current directory, as
+in Caffe. --feed is an .npz with <blob>_<i> for every net input and iteration i (<blob>_<i>_<k> for
+the k-th of iter_size passes; test_<blob>_<j> for TEST batches); without it, the net's Data (LMDB)
+and ImageData layers are read.
+"""
+
 
 # -- the table ---------------------------------------------------------------------------------
 
@@ -292,6 +310,9 @@ COMMANDS: list[Command] = [
             lambda a: importlib.import_module("zoo.run_cmd").run(a), _RUN_EXAMPLES),
     Command("verify", "run PyTorch and onnxruntime (and reference arrays) blob by blob; name the first divergence",
             lambda p: _lazy("add_verify_arguments")(p), lambda a: _lazy("run_verify")(a), _VERIFY_EXAMPLES),
+    Command("train", "train a net with its Caffe solver, iteration for iteration as caffe train does",
+            lambda p: importlib.import_module("zoo.train_cmd").add_arguments(p),
+            lambda a: importlib.import_module("zoo.train_cmd").run(a), _TRAIN_EXAMPLES),
 ]
 
 

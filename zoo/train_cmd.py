@@ -1,0 +1,28 @@
+"""`zoo train`: arguments and run (imports torch only when it runs)."""
+from __future__ import annotations
+
+import argparse
+
+from zoo.cli import UsageError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--solver", required=True, metavar="PROTOTXT", help="the solver .prototxt")
+    p.add_argument("--weights", metavar="CAFFEMODEL",
+                   help="start from these weights (copied by layer name; comma-separated for several)")
+    p.add_argument("--snapshot", metavar="SOLVERSTATE", help="resume from a .solverstate (ours or Caffe's)")
+    p.add_argument("--feed", metavar="NPZ", help="the batches (an .npz), instead of the net's data layers")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto (default): CUDA when available, else CPU")
+    p.add_argument("--log", metavar="JSON", help="write [{iter, loss, lr}, ...] for every iteration to this file")
+    p.add_argument("--output", metavar="CAFFEMODEL", help="write the final weights to this .caffemodel")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.weights and args.snapshot:
+        raise UsageError("give --weights to finetune or --snapshot to resume, not both (as caffe train)")
+    from zoo.train import train
+
+    train(args.solver, weights=args.weights, snapshot=args.snapshot, feed=args.feed, device=args.device,
+          log=args.log, output=args.output, echo=lambda line: print(line, flush=True))
+    return 0
