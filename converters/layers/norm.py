@@ -132,17 +132,41 @@ class LRN(LayerImpl):
     def onnx(self, layer, ctx):
         a = self._args(layer)
         x, y = layer.bottoms[0], layer.tops[0]
-        if a["region"] == "ACROSS_CHANNELS":
-            ctx.node("LRN", [x], [y], size=a["size"], alpha=a["alpha"], beta=a["beta"], bias=a["k"])
-            return
         n = a["size"]
         pre = (n - 1) // 2
         sq = ctx.node("Mul", [x, x])[0]
-        avg = ctx.node("AveragePool", [sq], kernel_shape=[n, n], strides=[1, 1], pads=[pre, pre, n - 1 - pre, n - 1 - pre],
-                       count_include_pad=1)[0]
+        if a["region"] == "ACROSS_CHANNELS":
+            # The channel-window mean as a 2-D average pool over (C, H*W), then the power by square roots:
+            # measured 3-8x faster in onnxruntime (CPU) than its own LRN kernel, which took half of
+            # GoogLeNet's time (benchmarks/inference.py).
+            shape = shape_of(layer, ctx)
+            planes = ctx.node("Reshape", [sq, ctx.ints([0, 1, shape[1], -1])])[0]
+            avg = ctx.node("AveragePool", [planes], kernel_shape=[n, 1], strides=[1, 1],
+                           pads=[pre, 0, n - 1 - pre, 0], count_include_pad=1)[0]
+            avg = ctx.node("Reshape", [avg, ctx.ints([0] + list(shape[1:]))])[0]
+            k = a["k"]
+        else:
+            avg = ctx.node("AveragePool", [sq], kernel_shape=[n, n], strides=[1, 1],
+                           pads=[pre, pre, n - 1 - pre, n - 1 - pre], count_include_pad=1)[0]
+            k = 1.0
         base = ctx.node("Add", [ctx.node("Mul", [avg, ctx.const(np.float32(a["alpha"]), "alpha")])[0],
-                                ctx.const(np.float32(1.0), "one")])[0]
-        ctx.node("Mul", [x, ctx.node("Pow", [base, ctx.const(np.float32(-a["beta"]), "neg_beta")])[0]], [y])
+                                ctx.const(np.float32(k), "k")])[0]
+        emit_divide_by_power(ctx, x, base, a["beta"], y)
+
+
+def emit_divide_by_power(ctx, x: str, base: str, beta: float, y: str) -> None:
+    """y = x * base^-beta, by square roots for Caffe's usual betas (Pow is slow in onnxruntime)."""
+    if beta == 0.75:
+        r1 = ctx.node("Sqrt", [base])[0]
+        denom = ctx.node("Mul", [r1, ctx.node("Sqrt", [r1])[0]])[0]
+    elif beta == 0.5:
+        denom = ctx.node("Sqrt", [base])[0]
+    elif beta == 1.0:
+        denom = base
+    else:
+        ctx.node("Mul", [x, ctx.node("Pow", [base, ctx.const(np.float32(-beta), "neg_beta")])[0]], [y])
+        return
+    ctx.node("Div", [x, denom], [y])
 
 
 @register_layer("MVN")
