@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a zoo model name, or a converted MODEL.onnx")
+    p.add_argument("model", help="a zoo model name, a converted MODEL.onnx, or `card` with --card FILE")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--weights", metavar="CAFFEMODEL", help="the model's .caffemodel (default: the zoo cache)")
     p.add_argument("--card", metavar="FILE", help="a model card (JSON) giving preprocessing and labels")
