@@ -10,7 +10,7 @@ from pathlib import Path
 
 def add_common(p: argparse.ArgumentParser) -> None:
     from zoo.cli import _input_shape
-    p.add_argument("model", help="a Caffe deploy .prototxt, or a zoo model name / --card file with --weights")
+    p.add_argument("model", nargs="?", help="a Caffe deploy .prototxt or a zoo model name (or give --card FILE)")
     p.add_argument("--weights", metavar="CAFFEMODEL", help="the .caffemodel (default: the zoo cache for a model name)")
     p.add_argument("--card", metavar="FILE", help="a user model card (JSON) instead of a built-in name")
     p.add_argument("--input-shape", metavar="BLOB=N,C,H,W", action="append", type=_input_shape, default=[],
@@ -31,36 +31,46 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
                                                       "(e.g. computed by real Caffe)")
 
 
-def _resolve(args) -> tuple[str, str | None]:
-    """(prototxt path, weights path) from a path, a zoo name or a user card."""
-    from zoo.cli import CommandError
+def _resolve(args):
+    """(prototxt path or built-in deploy NetParameter, weights path) from a path, a zoo name or a user card."""
+    from zoo.cli import CommandError, UsageError
     model = args.model
+    if (model is None) == (args.card is None):
+        raise UsageError("give a deploy .prototxt or a model NAME, or --card FILE (one of them)")
     if args.card is None and (model.endswith(".prototxt") or os.path.sep in model or os.path.exists(model)):
         return model, args.weights
     from zoo import registry
     from zoo.download import cache_dir
     card = registry.load_user_card(args.card) if args.card else registry.get(model)
-    arch = card.architecture_path()
-    if arch is None:
-        bundled = Path(__file__).parent / "models" / "arch" / f"{card.architecture}.prototxt"
-        if not bundled.exists():
-            raise CommandError(f"{card.name}: its deploy net is not bundled yet; pass the deploy .prototxt "
-                               f"(zoo convert deploy.prototxt --weights {card.weights.filename})")
-        arch = bundled
+    if card.architecture_path is not None:
+        source = str(card.architecture_path)
+    else:
+        from zoo.models import arch
+        source = arch.build(card.architecture)
+        source.name = card.name  # outputs are named after the card (age_net and gender_net are both "CaffeNet")
     weights = args.weights or str(cache_dir() / card.weights.filename)
     if not os.path.exists(weights):
         raise CommandError(f"{card.name}: weights not found at {weights}; run `zoo download {card.name}` "
                            f"or pass --weights FILE")
-    return str(arch), weights
+    return source, weights
+
+
+def _read(source, weights: str, input_shapes=None):
+    """The graph with weights of a prototxt path or of a built-in NetParameter."""
+    from prototxt import attach_weights, build_graph, load_net
+    if isinstance(source, str):
+        return load_net(source, weights, input_shapes=input_shapes)
+    graph = build_graph(source, input_shapes=input_shapes, source=f"{source.name} (built-in architecture)")
+    attach_weights(graph, weights)
+    return graph
 
 
 def _load(args):
-    from prototxt import load_net
-    prototxt, weights = _resolve(args)
+    source, weights = _resolve(args)
     if weights is None:
         from zoo.cli import CommandError
-        raise CommandError(f"{prototxt}: conversion needs the trained weights: pass --weights MODEL.caffemodel")
-    return load_net(prototxt, weights, input_shapes=dict(args.input_shape) or None), prototxt
+        raise CommandError(f"{source}: conversion needs the trained weights: pass --weights MODEL.caffemodel")
+    return _read(source, weights, dict(args.input_shape) or None), source if isinstance(source, str) else source.name
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -128,9 +138,7 @@ def run_verify(args: argparse.Namespace) -> int:
         inputs = [data[f"in/{graph.values[v].caffe_name}"] for v in graph.inputs]
         blobs = {k[4:]: data[k] for k in data.files if k.startswith("out/") and "_split_" not in k}
         shapes = {graph.values[v].caffe_name: x.shape for v, x in zip(graph.inputs, inputs)}
-        from prototxt import load_net
-        prototxt, weights = _resolve(args)
-        graph = load_net(prototxt, weights, input_shapes=shapes)
+        graph = _read(*_resolve(args), shapes)
     report = verify(graph, inputs=inputs, blobs=blobs)
     for line in report.lines():
         print(line)
@@ -139,7 +147,6 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def load_card_graph(card, weights: str | None = None, batch: int | None = None):
     """(Graph with weights, weights path) of a model card: its architecture and its cached weights."""
-    from prototxt import attach_weights, build_graph, load_net
     from zoo.cli import CommandError
     from zoo.download import cache_dir
     weights = weights or str(cache_dir() / card.weights.filename)
@@ -147,11 +154,10 @@ def load_card_graph(card, weights: str | None = None, batch: int | None = None):
         how = f"run `zoo download {card.name}`" if card.weights.urls else card.weights.how_to_get
         raise CommandError(f"{card.name}: weights not found at {weights}; {how}, or pass --weights FILE")
     shapes = {card.input.blob: (batch, *card.input.shape)} if batch else None
-    arch = card.architecture_path
-    if arch is not None:
-        return load_net(arch, weights, input_shapes=shapes), weights
-    from zoo.models import arch as arch_module
-    net = arch_module.build(card.architecture)
-    graph = build_graph(net, input_shapes=shapes, source=f"{card.name} (built-in architecture)")
-    attach_weights(graph, weights)
-    return graph, weights
+    if card.architecture_path is not None:
+        source = str(card.architecture_path)
+    else:
+        from zoo.models import arch
+        source = arch.build(card.architecture)
+        source.name = card.name
+    return _read(source, weights, shapes), weights
