@@ -37,6 +37,7 @@ ERRORS: list[tuple[str, str]] = [
     ("zoo.cli", "CommandError"),
     ("zoo.runtime", "RuntimeUnavailable"),
     ("zoo.preprocess", "ImageError"),
+    ("zoo.drawing", "DrawingUnavailable"),
     ("zoo.solver", "SolverConfigError"),
     ("zoo.solver", "SolverStateError"),
     ("zoo.data", "DataError"),
@@ -71,6 +72,7 @@ examples:
   zoo info deploy.prototxt --input-shape data=1,3,224,224 --group
   zoo info train_val.prototxt --phase train --input-shape data=32,3,227,227
   zoo info deploy.prototxt --json > net.json
+  zoo info deploy.prototxt --graph net.svg
 """
 
 
@@ -87,6 +89,8 @@ def _info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", action="store_true",
                    help="print per-group totals (layer-name prefix before '/', e.g. inception_3a) instead of every layer")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--graph", metavar="OUT.svg", help="also draw the net (svg/png/pdf with Graphviz's dot; .dot: "
+                                                     "the DOT text)")
 
 
 def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -120,6 +124,9 @@ def _run_info(args: argparse.Namespace) -> int:
     graph.require_shapes()
     if args.weights:
         attach_weights(graph, args.weights)
+    if args.graph:
+        from zoo.drawing import draw
+        note(f"drew {draw(graph, args.graph)}")
     if fallback:
         note(fallback)  # only once there is output to explain: a failure prints its one error line alone
     info = netinfo.summary(graph)
@@ -180,12 +187,17 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _card_params(card: Any) -> Optional[int]:
-    """The parameter count a card states, if it states one."""
-    for field in ("params", "num_params"):
-        value = getattr(card, field, None)
-        if isinstance(value, int):
-            return value
-    return None
+    """The parameter count of a card's deploy net, from its architecture's shapes (no weights needed)."""
+    from prototxt import CaffeError, build_graph, load_net
+    from zoo.models import arch
+    try:
+        if card.architecture_path is not None:
+            graph = load_net(card.architecture_path)
+        else:
+            graph = build_graph(arch.build(card.architecture))
+        return graph.params_total if not graph.unknown_types and not graph.shape_problem else None
+    except (CaffeError, OSError, arch.UnknownArchitecture):
+        return None  # a card whose net cannot be read here shows no count rather than failing the list
 
 
 def _maybe(value: Any, fmt: Callable[[Any], str]) -> str:
