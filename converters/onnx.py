@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from prototxt.graph import Graph, Layer
 

@@ -15,7 +15,6 @@ import re
 import shutil
 import tempfile
 import warnings
-from typing import Optional
 
 import numpy as np
 import torch

@@ -34,6 +34,7 @@ ERRORS: list[tuple[str, str]] = [
     ("zoo.cards", "CardError"),
     ("zoo.registry", "UnknownModelError"),
     ("zoo.download", "DownloadError"),
+    ("zoo.fetch", "WeightsUnavailable"),
     ("zoo.cli", "CommandError"),
     ("zoo.runtime", "RuntimeUnavailable"),
     ("zoo.preprocess", "ImageError"),
@@ -42,6 +43,7 @@ ERRORS: list[tuple[str, str]] = [
     ("zoo.solver", "SolverStateError"),
     ("zoo.data", "DataError"),
     ("zoo.train", "TrainError"),
+    ("zoo.finetune", "FinetuneError"),
     ("builtins", "OSError"),  # a folder that cannot be written, a disk that is full
 ]
 
@@ -233,36 +235,13 @@ def _download_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_download(args: argparse.Namespace) -> int:
-    from zoo import cards, registry
-    from zoo.download import ALGORITHMS, ChecksumError, UnverifiedDownloadWarning, cache_dir, download
+    from zoo import registry
+    from zoo.fetch import fetch_weights
 
     if (args.name is None) == (args.card is None):
         raise UsageError("give a model NAME or --card FILE (one of them)")
     card = registry.get(args.name) if args.card is None else registry.load_user_card(args.card)
-    weights = card.weights
-    if not weights.urls:
-        raise CommandError(f"{card.name}: the weights cannot be downloaded automatically: {weights.how_to_get}")
-    dst = (args.dir or cache_dir()) / weights.filename
-    given = dict(weights.checksum or {})
-    # download() checks the strongest of the algorithms it knows; git_blob_sha1 (a git object id) is
-    # checked here afterwards, the way zoo.cards computes it.
-    usable = {a: given[a] for a in ALGORITHMS if a in given}
-    with warnings.catch_warnings():
-        if not usable and "git_blob_sha1" in given:
-            warnings.simplefilter("ignore", UnverifiedDownloadWarning)
-        path = download(list(weights.urls), dst, usable or None, size=weights.size, quiet=args.quiet)
-    if usable:
-        status = f"verified ({next(iter(usable))})"
-    elif "git_blob_sha1" in given:
-        got = cards.file_digest(path, "git_blob_sha1")
-        if got != given["git_blob_sha1"]:
-            path.unlink()
-            raise ChecksumError(f"{path.name}: git_blob_sha1 mismatch: expected {given['git_blob_sha1']}, got {got}; "
-                                f"the file was removed", algorithm="git_blob_sha1",
-                                expected=given["git_blob_sha1"], got=got)
-        status = "verified (git_blob_sha1)"
-    else:
-        status = f"UNVERIFIED: {weights.checksum_note}"
+    path, status = fetch_weights(card, args.dir, quiet=args.quiet)
     note(f"{card.name}: {status}")
     print(path)
     return 0
@@ -305,6 +284,29 @@ the k-th of iter_size passes; test_<blob>_<j> for TEST batches); without it, the
 and ImageData layers are read.
 """
 
+_FINETUNE_EXAMPLES = """\
+examples:
+  zoo finetune bvlc_googlenet --data photos/ --num-classes 5 --freeze-until inception_4e -o flowers/
+  zoo finetune deploy.prototxt --weights model.caffemodel --data train.txt --val val.txt \\
+            --num-classes 20 --epochs 5 --batch-size 32 -o out/
+  zoo finetune bvlc_reference_caffenet --data train_lmdb --num-classes 20 --solver solver.prototxt -o out/
+  zoo finetune bvlc_googlenet --data flow.npz --num-classes 101 --input-channels 20 --cross-modality -o temporal/
+  zoo finetune bvlc_googlenet --data photos/ --num-classes 5 -o flowers/ --resume    # after an interruption
+
+--data (and --val) is an image folder (one subfolder per class; class ids follow the sorted folder
+names), a Caffe ImageData list file ('path label' lines; paths relative to the list's folder), an LMDB
+of Caffe Datum records, or an .npz with 'data' (N, C, H, W) and 'labels' (N,). Without --val, every
+5th item of a seeded permutation is held out for validation.
+Images are transformed as the model card says (a bare prototxt: resize to 8/7 of the input, crop,
+BGR, mean 104/117/123): random crops and mirroring in training, centre crops in validation.
+--cross-modality (two-stream temporal nets): the first convolution's weights are averaged over its
+3 input channels and replicated over --input-channels C; the data then has C channels (e.g. 20 = 10
+stacked optical-flow fields (dx, dy), each scaled to 0..255; mean 128).
+OUT receives deploy.prototxt + finetuned.caffemodel (the renamed head; Caffe reads them),
+finetuned.onnx, finetuned_pytorch/, finetuned_best.caffemodel (best validation accuracy),
+metrics.json, curves.png, labels.txt (image folders), checkpoints/ and cache/ (removable).
+"""
+
 
 # -- the table ---------------------------------------------------------------------------------
 
@@ -325,6 +327,10 @@ COMMANDS: list[Command] = [
     Command("train", "train a net with its Caffe solver, iteration for iteration as caffe train does",
             lambda p: importlib.import_module("zoo.train_cmd").add_arguments(p),
             lambda a: importlib.import_module("zoo.train_cmd").run(a), _TRAIN_EXAMPLES),
+    Command("finetune", "retrain a model's head (and what is not frozen) on new classes, the Caffe way",
+            lambda p: importlib.import_module("zoo.finetune_cmd").add_arguments(p),
+            lambda a: importlib.import_module("zoo.finetune_cmd").run(a),
+            _FINETUNE_EXAMPLES),
 ]
 
 

@@ -40,7 +40,6 @@ def _resolve(args):
     if args.card is None and (model.endswith(".prototxt") or os.path.sep in model or os.path.exists(model)):
         return model, args.weights
     from zoo import registry
-    from zoo.download import cache_dir
     card = registry.load_user_card(args.card) if args.card else registry.get(model)
     if card.architecture_path is not None:
         source = str(card.architecture_path)
@@ -48,10 +47,16 @@ def _resolve(args):
         from zoo.models import arch
         source = arch.build(card.architecture)
         source.name = card.name  # outputs are named after the card (age_net and gender_net are both "CaffeNet")
-    weights = args.weights or str(cache_dir() / card.weights.filename)
-    if not os.path.exists(weights):
-        raise CommandError(f"{card.name}: weights not found at {weights}; run `zoo download {card.name}` "
-                           f"or pass --weights FILE")
+    weights = args.weights
+    if weights is None:  # a zoo model: its weights from the cache, downloaded and verified the first time
+        from zoo.fetch import fetch_weights
+        path, status = fetch_weights(card)
+        weights = str(path)
+        if not status.startswith("verified"):
+            from zoo.cli import note
+            note(f"{card.name}: {status}")
+    elif not os.path.exists(weights):
+        raise CommandError(f"{weights}: no such file")
     return source, weights
 
 
@@ -148,11 +153,11 @@ def run_verify(args: argparse.Namespace) -> int:
 def load_card_graph(card, weights: str | None = None, batch: int | None = None):
     """(Graph with weights, weights path) of a model card: its architecture and its cached weights."""
     from zoo.cli import CommandError
-    from zoo.download import cache_dir
-    weights = weights or str(cache_dir() / card.weights.filename)
-    if not os.path.exists(weights):
-        how = f"run `zoo download {card.name}`" if card.weights.urls else card.weights.how_to_get
-        raise CommandError(f"{card.name}: weights not found at {weights}; {how}, or pass --weights FILE")
+    if weights is None:
+        from zoo.fetch import fetch_weights
+        weights = str(fetch_weights(card)[0])
+    elif not os.path.exists(weights):
+        raise CommandError(f"{weights}: no such file")
     shapes = {card.input.blob: (batch, *card.input.shape)} if batch else None
     if card.architecture_path is not None:
         source = str(card.architecture_path)

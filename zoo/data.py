@@ -113,7 +113,7 @@ def decode_image(data: bytes | str, color: Optional[bool], where: str) -> np.nda
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """cv::resize INTER_LINEAR on a (C, H, W) uint8 image: half-pixel centres, no antialiasing."""
+    """cv::resize INTER_LINEAR on a (C, H, W) image (uint8, or float kept float): half-pixel centres, no antialiasing."""
     c, h, w = image.shape
     if (h, w) == (height, width):
         return image
@@ -130,7 +130,33 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     top = img[:, y0][:, :, x0] * (1 - fx) + img[:, y0][:, :, x1] * fx
     bottom = img[:, y1][:, :, x0] * (1 - fx) + img[:, y1][:, :, x1] * fx
     out = top * (1 - fy)[:, None] + bottom * fy[:, None]
+    if image.dtype != np.uint8:  # float data (a Datum's float_data, an .npz): no rounding to 8 bits
+        return out.astype(np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def parse_datum(value: bytes, where: str) -> caffe_pb2.Datum:
+    datum = caffe_pb2.Datum()
+    try:
+        datum.ParseFromString(value)
+    except Exception:
+        raise DataError(f"{where} is not a caffe Datum") from None
+    return datum
+
+
+def datum_image(datum: caffe_pb2.Datum, color: Optional[bool], where: str) -> np.ndarray:
+    """A Datum's (C, H, W) image: uint8 bytes, float_data, or an encoded image (decoded as OpenCV would)."""
+    if datum.encoded:
+        return decode_image(datum.data, color, where)
+    shape = (datum.channels, datum.height, datum.width)
+    n = int(np.prod(shape))
+    if datum.data:
+        if len(datum.data) != n:
+            raise DataError(f"{where}: {len(datum.data)} data bytes for a {'x'.join(map(str, shape))} Datum")
+        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
+    if len(datum.float_data) != n:
+        raise DataError(f"{where}: {len(datum.float_data)} float_data values for a {'x'.join(map(str, shape))} Datum")
+    return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
 
 
 # -- sources ---------------------------------------------------------------------------------------
@@ -185,26 +211,10 @@ class LmdbSource(LayerSource):
 
     def _datum(self) -> caffe_pb2.Datum:
         key, value = self.cursor.item()
-        datum = caffe_pb2.Datum()
-        try:
-            datum.ParseFromString(value)
-        except Exception:
-            raise DataError(f"{self.where}: record {key!r} of '{self.source}' is not a caffe Datum") from None
-        return datum
+        return parse_datum(value, f"{self.where}: record {key!r} of '{self.source}'")
 
     def _image(self, datum: caffe_pb2.Datum) -> np.ndarray:
-        where = f"{self.where}: record {self.cursor.key()!r} of '{self.source}'"
-        if datum.encoded:
-            return decode_image(datum.data, self.force, where)
-        shape = (datum.channels, datum.height, datum.width)
-        n = int(np.prod(shape))
-        if datum.data:
-            if len(datum.data) != n:
-                raise DataError(f"{where}: {len(datum.data)} data bytes for a {'x'.join(map(str, shape))} Datum")
-            return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
-        if len(datum.float_data) != n:
-            raise DataError(f"{where}: {len(datum.float_data)} float_data values for a {'x'.join(map(str, shape))} Datum")
-        return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
+        return datum_image(datum, self.force, f"{self.where}: record {self.cursor.key()!r} of '{self.source}'")
 
     def _advance(self) -> None:
         if not self.cursor.next():

@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
-from typing import Optional
 
 import numpy as np
 

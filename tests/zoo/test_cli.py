@@ -103,7 +103,7 @@ def test_download_without_checksum_says_unverified(zoo_env, capsys):
 def test_download_of_weights_without_urls_says_how_to_get_them(zoo_env, capsys):
     assert main(["download", "t_manual"]) == 1
     assert capsys.readouterr().err == ("zoo: error: t_manual: the weights cannot be downloaded automatically: "
-                                       "ask the authors by email\n")
+                                       "ask the authors by email; then pass --weights FILE\n")
 
 
 def test_download_unknown_model_and_usage(zoo_env, capsys):
