@@ -338,7 +338,9 @@ COMMANDS: list[Command] = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Caffe models (the Model Zoo and any .prototxt/.caffemodel): inspect, download, convert to PyTorch and ONNX, run, train and finetune the Caffe way.",
+        prog=PROG,
+        description="Caffe models (the Model Zoo and any .prototxt/.caffemodel): inspect, download, convert to "
+                    "PyTorch and ONNX, run, train and finetune the Caffe way.",
         epilog=f"Run `{PROG} COMMAND --help` for a command's options and examples. "
                f"Set {DEBUG_ENV}=1 to see tracebacks.")
     parser.add_argument("--version", action="version", version=f"{PROG} (caffezoo) {_version()}")
