@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from prototxt.fileio import atomic_open, atomic_path
 from prototxt.graph import Graph, Layer
 
 from . import registry
@@ -171,8 +172,6 @@ def write_model(model: onnx.ModelProto, arrays: dict[str, np.ndarray], path) -> 
     """Write ``model`` with its initializers' data streamed from ``arrays`` (no copy of the weights
     in memory); atomically (temp file, then rename). Readable by any ONNX loader: protobuf merges the
     graph's fields in any order."""
-    import os
-    import tempfile
     head = onnx.ModelProto()
     head.CopyFrom(model)
     head.ClearField("graph")
@@ -188,39 +187,19 @@ def write_model(model: onnx.ModelProto, arrays: dict[str, np.ndarray], path) -> 
         tensors.append((header, raw, body, data is not None))
     graph_bytes = graph.SerializeToString()
     graph_len = len(graph_bytes) + sum(len(_field(5, body)) + body for _, _, body, _ in tensors)
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(head.SerializeToString())
-            f.write(_field(7, graph_len))
-            f.write(graph_bytes)
-            for header, raw, body, has_data in tensors:
-                f.write(_field(5, body))
-                f.write(header)
-                if has_data:
-                    f.write(_field(9, len(raw)))
-                    f.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        f.write(head.SerializeToString())
+        f.write(_field(7, graph_len))
+        f.write(graph_bytes)
+        for header, raw, body, has_data in tensors:
+            f.write(_field(5, body))
+            f.write(header)
+            if has_data:
+                f.write(_field(9, len(raw)))
+                f.write(raw)
 
 
 def save_onnx(model: onnx.ModelProto, path) -> None:
     """Write atomically (temp file, then rename)."""
-    import os
-    import tempfile
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -592,15 +592,6 @@ def save_net(graph: Graph, prototxt_path: os.PathLike | str, caffemodel_path: Op
 
 
 def _atomic_write_text(path: os.PathLike | str, text: str) -> None:
-    import tempfile
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .fileio import atomic_open
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)

@@ -7,16 +7,15 @@ lengths, and pulls each blob's packed payload straight into an aligned numpy arr
 """
 from __future__ import annotations
 
-import io
 import mmap
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, Optional, Sequence
 
 import numpy as np
 
 from .errors import WeightsError
+from .fileio import atomic_open
 from .upgrade import v1_type_name
 
 # Field numbers (caffe.proto).
@@ -327,44 +326,26 @@ def write_caffemodel(path: os.PathLike | str, name: str,
     the concatenation of a message's fields as one message, so the blobs are appended as field 7
     after the layer's own fields; payloads are streamed, never joined in memory.
     """
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with io.open(fd, "wb") as f:
-            if name:
-                raw = name.encode()
-                f.write(_length_delimited(_NET_NAME, len(raw)) + raw)
-            for layer_bytes, arrays in layers:
-                blobs = [_blob_header(np.asarray(a)) for a in arrays]
-                blob_lens = [len(s) + len(h) + p.nbytes for s, h, p in blobs]
-                body = len(layer_bytes) + sum(len(_length_delimited(_LAYER_BLOBS, n)) + n for n in blob_lens)
-                f.write(_length_delimited(_NET_LAYER, body))
-                f.write(layer_bytes)
-                for (shape, header, payload), n in zip(blobs, blob_lens):
-                    f.write(_length_delimited(_LAYER_BLOBS, n))
-                    f.write(shape)
-                    f.write(header)
-                    f.write(memoryview(payload).cast("B"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        if name:
+            raw = name.encode()
+            f.write(_length_delimited(_NET_NAME, len(raw)) + raw)
+        for layer_bytes, arrays in layers:
+            blobs = [_blob_header(np.asarray(a)) for a in arrays]
+            blob_lens = [len(s) + len(h) + p.nbytes for s, h, p in blobs]
+            body = len(layer_bytes) + sum(len(_length_delimited(_LAYER_BLOBS, n)) + n for n in blob_lens)
+            f.write(_length_delimited(_NET_LAYER, body))
+            f.write(layer_bytes)
+            for (shape, header, payload), n in zip(blobs, blob_lens):
+                f.write(_length_delimited(_LAYER_BLOBS, n))
+                f.write(shape)
+                f.write(header)
+                f.write(memoryview(payload).cast("B"))
 
 
 def write_blob(path: os.PathLike | str, arr: np.ndarray) -> None:
     """Write one BlobProto (.binaryproto) atomically."""
-    path = os.fspath(path)
     shape, header, payload = _blob_header(np.asarray(arr))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with io.open(fd, "wb") as f:
-            f.write(shape + header)
-            f.write(memoryview(payload).cast("B"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        f.write(shape + header)
+        f.write(memoryview(payload).cast("B"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 
 _COLOURS = {"Convolution": "#9ecae1", "Deconvolution": "#9ecae1", "InnerProduct": "#a1d99b", "Pooling": "#fdd0a2",
             "Concat": "#dadaeb", "Eltwise": "#dadaeb", "BatchNorm": "#fcbba1", "Scale": "#fcbba1",
@@ -51,22 +50,15 @@ def draw(graph, path: str) -> str:
     """Write the picture to ``path`` (format from its suffix: .svg, .png, .pdf, or .dot for the text)."""
     fmt = os.path.splitext(path)[1].lstrip(".").lower() or "svg"
     dot = to_dot(graph)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=directory)
-    os.close(fd)
-    try:
-        if fmt == "dot":
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(dot)
-        else:
-            exe = shutil.which("dot")
-            if exe is None:
-                raise DrawingUnavailable(f"drawing {path} needs Graphviz's `dot` (e.g. apt-get install graphviz); "
-                                         f"or write the DOT text with --graph {os.path.splitext(path)[0]}.dot")
-            subprocess.run([exe, f"-T{fmt}", "-o", tmp], input=dot.encode(), check=True, capture_output=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from prototxt.fileio import atomic_open, atomic_path
+    if fmt == "dot":
+        with atomic_open(path, "w", encoding="utf-8") as f:
+            f.write(dot)
+        return path
+    exe = shutil.which("dot")
+    if exe is None:
+        raise DrawingUnavailable(f"drawing {path} needs Graphviz's `dot` (e.g. apt-get install graphviz); "
+                                 f"or write the DOT text with --graph {os.path.splitext(path)[0]}.dot")
+    with atomic_path(path) as tmp:
+        subprocess.run([exe, f"-T{fmt}", "-o", tmp], input=dot.encode(), check=True, capture_output=True)
     return path

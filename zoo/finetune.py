@@ -149,21 +149,14 @@ def _bar(total: int, desc: str, unit: str, progress: bool, initial: int = 0):
 # -- checkpoints and outputs ---------------------------------------------------------------------
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    import tempfile
-
     import torch
+
+    from prototxt.fileio import atomic_open
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())  # a checkpoint must survive a kill -9 right after it is written
 
 
 def _write_json(path: Path, data) -> None:
@@ -209,9 +202,9 @@ def plot_curves(metrics: Sequence[dict], path: Path) -> None:
             draw.line([x1 - 90, y0 + 12 + 14 * i, x1 - 70, y0 + 12 + 14 * i], fill=colours[kind], width=2)
             draw.text((x1 - 64, y0 + 6 + 14 * i), kind, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial.png")
-    img.save(tmp)
-    os.replace(tmp, path)
+    from prototxt.fileio import atomic_open
+    with atomic_open(path) as f:
+        img.save(f, format="PNG")
 
 
 # -- the run -------------------------------------------------------------------------------------

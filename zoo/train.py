@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,16 +401,9 @@ def _forward(net: Net, batch: dict[str, np.ndarray], device: torch.device) -> tu
 # -- snapshots ----------------------------------------------------------------------------------------
 
 def _atomic_write(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from prototxt.fileio import atomic_open
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def write_weights(net: Net, path: str) -> None:

@@ -1,0 +1,32 @@
+"""Writing files so that a reader never sees half of one: a temp file beside the target, renamed
+onto it only when everything was written (and deleted on any failure)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import IO, Iterator
+
+
+@contextmanager
+def atomic_path(path: os.PathLike | str) -> Iterator[str]:
+    """A temp path beside ``path`` to write to; it replaces ``path`` when the block succeeds."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@contextmanager
+def atomic_open(path: os.PathLike | str, mode: str = "wb", **kwargs) -> Iterator[IO]:
+    """``open(path, mode)`` as an atomic write."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
