@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from prototxt.graph import Graph
+from prototxt.graph import Graph, unique_name
 
 from . import nn as caffe_nn
 from . import registry
@@ -36,12 +36,7 @@ def identifier(name: str, taken: set[str]) -> str:
         base = "_" + base
     if keyword.iskeyword(base):
         base += "_"
-    out, k = base, 1
-    while out in taken:
-        k += 1
-        out = f"{base}_{k}"
-    taken.add(out)
-    return out
+    return unique_name(base, taken)
 
 
 def _loss_module(layer):

@@ -139,6 +139,16 @@ class Graph:
             raise InputShapeRequired(self.shape_problem)
 
 
+def unique_name(base: str, taken: set[str], sep: str = "_") -> str:
+    """``base``, or ``base<sep>2``, ``base<sep>3``... whichever is not taken yet; marks it taken."""
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}{sep}{k}"
+    taken.add(name)
+    return name
+
+
 # -- net state rules ---------------------------------------------------------------------------
 
 def _state_meets_rule(state: caffe_pb2.NetState, rule: caffe_pb2.NetStateRule) -> bool:
@@ -233,12 +243,7 @@ def _wire(net: caffe_pb2.NetParameter, source: str) -> Graph:
                 name = f"{caffe_name}@{layer_name}"
         else:
             name = f"{caffe_name}@{layer_name}"
-        base, k = name, 1
-        while name in used_names:
-            k += 1
-            name = f"{base}#{k}"
-        used_names.add(name)
-        return name
+        return unique_name(name, used_names, sep="#")
 
     for i, lp in enumerate(net.layer):
         name_of_layer = lp.name or f"{lp.type.lower()}_{i + 1}"  # Caffe allows unnamed layers

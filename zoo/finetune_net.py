@@ -319,12 +319,8 @@ def trainable_net(graph: Graph, c: Cut, logits: str) -> tuple[caffe_pb2.NetParam
 
 
 def _fresh(name: str, taken: set[str]) -> str:
-    out, k = name, 1
-    while out in taken:
-        k += 1
-        out = f"{name}_{k}"
-    taken.add(out)
-    return out
+    from prototxt.graph import unique_name
+    return unique_name(name, taken)
 
 
 # -- the frozen part -----------------------------------------------------------------------------
