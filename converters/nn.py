@@ -4,6 +4,8 @@ This file imports nothing but torch and math: ``zoo convert`` copies it verbatim
 generated ``model.py``, so a converted model loads with plain torch and no toolkit installed.
 Every module records its constructor arguments in ``self.args`` so the generated code can
 rebuild it; weights are parameters or buffers named after Caffe's blob order where it matters.
+Parameters start uninitialised (torch.empty): they are always loaded from Caffe's blobs, and
+untouched memory costs nothing while a converter swaps in the real arrays.
 """
 import math
 
@@ -35,8 +37,8 @@ class Convolution(CaffeModule):
     def __init__(self, in_channels, out_channels, kernel, stride, pad, dilation, group, bias, nd=2):
         super().__init__(in_channels=in_channels, out_channels=out_channels, kernel=kernel, stride=stride,
                          pad=pad, dilation=dilation, group=group, bias=bias, nd=nd)
-        self.weight = nn.Parameter(torch.zeros(out_channels, in_channels // group, *kernel))
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // group, *kernel))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
 
     def forward(self, *xs):
         conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[self.args["nd"]]
@@ -49,8 +51,8 @@ class Deconvolution(CaffeModule):
     def __init__(self, in_channels, out_channels, kernel, stride, pad, dilation, group, bias, nd=2):
         super().__init__(in_channels=in_channels, out_channels=out_channels, kernel=kernel, stride=stride,
                          pad=pad, dilation=dilation, group=group, bias=bias, nd=nd)
-        self.weight = nn.Parameter(torch.zeros(in_channels, out_channels // group, *kernel))
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight = nn.Parameter(torch.empty(in_channels, out_channels // group, *kernel))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
 
     def forward(self, *xs):
         conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[self.args["nd"]]
@@ -150,8 +152,8 @@ class InnerProduct(CaffeModule):
         super().__init__(in_features=in_features, out_features=out_features, axis=axis, bias=bias,
                          transpose=transpose)
         shape = (in_features, out_features) if transpose else (out_features, in_features)
-        self.weight = nn.Parameter(torch.zeros(*shape))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.weight = nn.Parameter(torch.empty(*shape))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
     def forward(self, x):
         a = self.args
@@ -190,7 +192,7 @@ class ReLU(CaffeModule):
 class PReLU(CaffeModule):
     def __init__(self, channels, shared):
         super().__init__(channels=channels, shared=shared)
-        self.weight = nn.Parameter(torch.zeros(() if shared else (channels,)))
+        self.weight = nn.Parameter(torch.empty(() if shared else (channels,)))
 
     def forward(self, x):
         w = self.weight.reshape(_bshape(x.dim(), 1, [1 if self.args["shared"] else self.args["channels"]]))
@@ -277,7 +279,7 @@ class Scale(CaffeModule):
     def __init__(self, axis, shape, has_weight, bias):
         super().__init__(axis=axis, shape=shape, has_weight=has_weight, bias=bias)
         self.weight = nn.Parameter(torch.ones(*shape)) if has_weight else None
-        self.bias = nn.Parameter(torch.zeros(*shape)) if bias else None
+        self.bias = nn.Parameter(torch.empty(*shape)) if bias else None
 
     def forward(self, x, *operand):
         a = self.args
@@ -426,8 +428,8 @@ class Tile(CaffeModule):
 class Embed(CaffeModule):
     def __init__(self, input_dim, num_output, bias):
         super().__init__(input_dim=input_dim, num_output=num_output, bias=bias)
-        self.weight = nn.Parameter(torch.zeros(input_dim, num_output))
-        self.bias = nn.Parameter(torch.zeros(num_output)) if bias else None
+        self.weight = nn.Parameter(torch.empty(input_dim, num_output))
+        self.bias = nn.Parameter(torch.empty(num_output)) if bias else None
 
     def forward(self, x):
         y = F.embedding(x.long(), self.weight)
@@ -437,7 +439,7 @@ class Embed(CaffeModule):
 class Parameter(CaffeModule):
     def __init__(self, shape):
         super().__init__(shape=shape)
-        self.weight = nn.Parameter(torch.zeros(*shape))
+        self.weight = nn.Parameter(torch.empty(*shape))
 
     def forward(self):
         return self.weight
@@ -449,10 +451,10 @@ class LSTM(CaffeModule):
     def __init__(self, input_size, hidden, static_size):
         super().__init__(input_size=input_size, hidden=hidden, static_size=static_size)
         h = hidden
-        self.weight_xc = nn.Parameter(torch.zeros(4 * h, input_size))
-        self.bias_c = nn.Parameter(torch.zeros(4 * h))
-        self.weight_xc_static = nn.Parameter(torch.zeros(4 * h, static_size)) if static_size else None
-        self.weight_hc = nn.Parameter(torch.zeros(4 * h, h))
+        self.weight_xc = nn.Parameter(torch.empty(4 * h, input_size))
+        self.bias_c = nn.Parameter(torch.empty(4 * h))
+        self.weight_xc_static = nn.Parameter(torch.empty(4 * h, static_size)) if static_size else None
+        self.weight_hc = nn.Parameter(torch.empty(4 * h, h))
 
     def forward(self, x, cont, *static):
         t_steps, n, h = x.shape[0], x.shape[1], self.args["hidden"]
@@ -478,12 +480,12 @@ class RNN(CaffeModule):
     def __init__(self, input_size, hidden, static_size):
         super().__init__(input_size=input_size, hidden=hidden, static_size=static_size)
         h = hidden
-        self.weight_xh = nn.Parameter(torch.zeros(h, input_size))
-        self.bias_h = nn.Parameter(torch.zeros(h))
-        self.weight_xh_static = nn.Parameter(torch.zeros(h, static_size)) if static_size else None
-        self.weight_hh = nn.Parameter(torch.zeros(h, h))
-        self.weight_ho = nn.Parameter(torch.zeros(h, h))
-        self.bias_o = nn.Parameter(torch.zeros(h))
+        self.weight_xh = nn.Parameter(torch.empty(h, input_size))
+        self.bias_h = nn.Parameter(torch.empty(h))
+        self.weight_xh_static = nn.Parameter(torch.empty(h, static_size)) if static_size else None
+        self.weight_hh = nn.Parameter(torch.empty(h, h))
+        self.weight_ho = nn.Parameter(torch.empty(h, h))
+        self.bias_o = nn.Parameter(torch.empty(h))
 
     def forward(self, x, cont, *static):
         t_steps, n, h = x.shape[0], x.shape[1], self.args["hidden"]

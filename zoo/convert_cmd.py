@@ -91,7 +91,6 @@ def run_convert(args: argparse.Namespace) -> int:
     model, arrays = build(graph, opset=args.opset or DEFAULT_OPSET, dynamic_batch=not args.static_batch)
     onnx_path = out / f"{safe}.onnx"
     write_model(model, arrays, onnx_path)
-    del model, arrays
     from converters.torch import export_folder, to_pytorch
     module = to_pytorch(graph)
     folder = export_folder(module, graph, out / f"{safe}_pytorch")
@@ -99,16 +98,19 @@ def run_convert(args: argparse.Namespace) -> int:
     print(f"wrote {folder}/ (model.py, weights.pt)")
     if not args.no_verify:
         dynamic = not args.static_batch and not any(l.type in ("LSTM", "RNN", "Reshape") for l in graph.layers)
-        _verify_outputs(graph, module, onnx_path, dynamic)
+        _verify_outputs(graph, module, model, arrays, dynamic)
     sys.stdout.flush()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 ** 2)
     note(f"{time.perf_counter() - start:.1f} s, peak RSS {peak:.0f} MB")
     return 0
 
 
-def _verify_outputs(graph, module, onnx_path, dynamic_batch: bool) -> None:
-    """One seeded input through the PyTorch module and the written ONNX file; max difference per output."""
+def _verify_outputs(graph, module, model, arrays, dynamic_batch: bool) -> None:
+    """One seeded input through the PyTorch module and the ONNX model just written; the largest
+    difference per output. The ONNX graph runs with its weights fed as inputs straight from the
+    arrays the file was written from, so the check holds no second copy of the weights."""
     import numpy as np
+    import onnx
 
     from converters.torch import run
     from converters.verify import random_inputs
@@ -118,9 +120,15 @@ def _verify_outputs(graph, module, onnx_path, dynamic_batch: bool) -> None:
     if dynamic_batch:  # one item is enough to compare, and keeps the check cheap
         inputs = [x[:1] for x in inputs]
     expected = run(module, inputs)
-    sess = session(str(onnx_path), device="cpu", light=True)
-    got = dict(zip([o.name for o in sess.get_outputs()],
-                   sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), inputs)})))
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    tensors = list(light.graph.initializer)
+    del light.graph.initializer[:]
+    light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in tensors)
+    sess = session(light.SerializeToString(), device="cpu", light=True)
+    feeds = dict(arrays)
+    feeds.update({i.name: x for i, x in zip(sess.get_inputs(), inputs)})
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
     bad = []
     for name, ref in expected.items():
         diff = float(np.max(np.abs(got[name].astype(np.float64) - ref))) if ref.size else 0.0
