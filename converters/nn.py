@@ -34,31 +34,34 @@ class Identity(CaffeModule):
 
 
 class Convolution(CaffeModule):
+    """Caffe Convolution; several bottoms share the weights (one top each)."""
+    transposed = False
+
     def __init__(self, in_channels, out_channels, kernel, stride, pad, dilation, group, bias, nd=2):
         super().__init__(in_channels=in_channels, out_channels=out_channels, kernel=kernel, stride=stride,
                          pad=pad, dilation=dilation, group=group, bias=bias, nd=nd)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // group, *kernel))
+        shape = (in_channels, out_channels // group) if self.transposed else (out_channels, in_channels // group)
+        self.weight = nn.Parameter(torch.empty(*shape, *kernel))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
 
-    def forward(self, *xs):
-        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[self.args["nd"]]
+    def _convolve(self, x):
         a = self.args
-        ys = tuple(conv(x, self.weight, self.bias, a["stride"], a["pad"], a["dilation"], a["group"]) for x in xs)
+        return {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[a["nd"]](
+            x, self.weight, self.bias, a["stride"], a["pad"], a["dilation"], a["group"])
+
+    def forward(self, *xs):
+        ys = tuple(self._convolve(x) for x in xs)
         return ys[0] if len(ys) == 1 else ys
 
 
-class Deconvolution(CaffeModule):
-    def __init__(self, in_channels, out_channels, kernel, stride, pad, dilation, group, bias, nd=2):
-        super().__init__(in_channels=in_channels, out_channels=out_channels, kernel=kernel, stride=stride,
-                         pad=pad, dilation=dilation, group=group, bias=bias, nd=nd)
-        self.weight = nn.Parameter(torch.empty(in_channels, out_channels // group, *kernel))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+class Deconvolution(Convolution):
+    """Caffe Deconvolution: weights (C_in, C_out/group, k...), as PyTorch's transposed convolution."""
+    transposed = True
 
-    def forward(self, *xs):
-        conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[self.args["nd"]]
+    def _convolve(self, x):
         a = self.args
-        ys = tuple(conv(x, self.weight, self.bias, a["stride"], a["pad"], 0, a["group"], a["dilation"]) for x in xs)
-        return ys[0] if len(ys) == 1 else ys
+        return {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[a["nd"]](
+            x, self.weight, self.bias, a["stride"], a["pad"], 0, a["group"], a["dilation"])
 
 
 def _torch_ceil_size(size, kernel, stride, pad):

@@ -18,35 +18,32 @@ def conv_attrs(g) -> dict:
     return dict(kernel_shape=g.kernel, strides=g.stride, pads=g.pad + g.pad, dilations=g.dilation, group=g.group)
 
 
-@register_layer("Convolution")
-class Convolution(LayerImpl):
+class _ConvFamily(LayerImpl):
+    module = ""  # the converters.nn class
+    op = ""      # the ONNX operator
+
     def torch(self, layer, graph):
         g = _geometry(layer, graph)
-        module = torch_nn().Convolution(g.channels, g.num_output, g.kernel, g.stride, g.pad, g.dilation, g.group, g.bias,
-                                len(g.kernel))
+        module = getattr(torch_nn(), self.module)(g.channels, g.num_output, g.kernel, g.stride, g.pad, g.dilation,
+                                                  g.group, g.bias, len(g.kernel))
         return module, ["weight", "bias"][:len(layer.param_shapes)]
 
     def onnx(self, layer, ctx, weight=None, bias=None, out=None):
+        """Nodes of the layer; ``weight``/``bias``/``out`` replace its own when BatchNorm/Scale fold into it."""
         g = _geometry(layer, ctx.graph)
         inputs = [layer.bottoms[0], ctx.const(layer.blobs[0] if weight is None else weight, "weight")]
         if bias is not None or g.bias:
             inputs.append(ctx.const(layer.blobs[1] if bias is None else bias, "bias"))
         for i, b in enumerate(layer.bottoms):
             inputs[0] = b
-            ctx.node("Conv", inputs, [out or layer.tops[i]], **conv_attrs(g))
+            ctx.node(self.op, inputs, [out or layer.tops[i]], **conv_attrs(g))
+
+
+@register_layer("Convolution")
+class Convolution(_ConvFamily):
+    module, op = "Convolution", "Conv"
 
 
 @register_layer("Deconvolution")
-class Deconvolution(LayerImpl):
-    def torch(self, layer, graph):
-        g = _geometry(layer, graph)
-        module = torch_nn().Deconvolution(g.channels, g.num_output, g.kernel, g.stride, g.pad, g.dilation, g.group, g.bias,
-                                  len(g.kernel))
-        return module, ["weight", "bias"][:len(layer.param_shapes)]
-
-    def onnx(self, layer, ctx):
-        g = _geometry(layer, ctx.graph)
-        inputs = [layer.bottoms[0], ctx.blob(layer, 0, "weight")] + ([ctx.blob(layer, 1, "bias")] if g.bias else [])
-        for i, b in enumerate(layer.bottoms):
-            inputs[0] = b
-            ctx.node("ConvTranspose", inputs, [layer.tops[i]], **conv_attrs(g))
+class Deconvolution(_ConvFamily):
+    module, op = "Deconvolution", "ConvTranspose"
