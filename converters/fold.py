@@ -29,13 +29,6 @@ def _channel_affine(layer: Layer):
     return None
 
 
-def _sole_consumer(graph: Graph, value: str):
-    v = graph.values[value]
-    if value in graph.outputs or len(v.consumers) != 1:
-        return None
-    return graph.layer(v.consumers[0]) if v.consumers[0] in {l.name for l in graph.layers} else None
-
-
 def fold_affine(graph: Graph) -> dict[str, Emitter]:
     plan: dict[str, Emitter] = {}
     by_name = {l.name: l for l in graph.layers}

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from prototxt.fileio import atomic_open, atomic_path
+from prototxt.fileio import atomic_open
 from prototxt.graph import Graph, Layer
 
 from . import registry
@@ -197,9 +197,3 @@ def write_model(model: onnx.ModelProto, arrays: dict[str, np.ndarray], path) -> 
             if has_data:
                 f.write(_field(9, len(raw)))
                 f.write(raw)
-
-
-def save_onnx(model: onnx.ModelProto, path) -> None:
-    """Write atomically (temp file, then rename)."""
-    with atomic_path(path) as tmp:
-        onnx.save(model, tmp)
