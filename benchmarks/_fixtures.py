@@ -1,8 +1,6 @@
 """Shared setup for the benchmarks: seeded caffemodels written from ../shared/reference recipes."""
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import subprocess
 import sys

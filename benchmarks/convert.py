@@ -1,6 +1,7 @@
 """`zoo convert` wall time and peak RSS for AlexNet and GoogLeNet (seeded weights), each in a fresh
-process (what a user runs), with and without the verification run, and against a plain read of the
-weights file in the same run (the floor any converter has to pay).
+process (what a user runs), with and without the verification run, against two floors measured in
+the same run: a plain read of the weights file, and `import torch` (the verification runs the
+PyTorch module, so it pays for torch; writing the files never imports it).
 
     python benchmarks/convert.py [--repeat 3]
 
@@ -10,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 
 from _fixtures import fixture, median
 
@@ -35,6 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    torch_wall, torch_rss = (median(x) for x in zip(*[timed([sys.executable, "-c", "import torch"])
+                                                        for _ in range(args.repeat)]))
+    print(f"floor: `import torch` alone {torch_wall:.2f} s, peak RSS {torch_rss:.0f} MB")
     print(f"{'model':<16}{'weights MB':>11}{'mode':>12}{'wall s':>9}{'peak MB':>9}{'RSS/size':>10}{'vs read':>9}")
     for name in ("bvlc_alexnet", "bvlc_googlenet"):
         prototxt, weights, _ = fixture(name)

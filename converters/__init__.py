@@ -5,8 +5,9 @@
     graph = load_net("deploy.prototxt", "weights.caffemodel")
     module = to_pytorch(graph)          # torch.fx.GraphModule, eval mode
     model = to_onnx(graph)              # onnx.ModelProto (no torch import on this path)
+    export_folder(graph, "net_pytorch") # model.py + weights.pt for plain torch (no torch import either)
 
-The ONNX path never imports torch: ``to_pytorch`` and ``verify`` import it lazily.
+The ONNX and folder paths never import torch: ``to_pytorch`` and ``verify`` import it lazily.
 """
 from .registry import LayerImpl, register_layer, registered_types
 
@@ -21,9 +22,15 @@ def to_pytorch(graph, training=False):
     return _to_pytorch(graph, training=training)
 
 
+def export_folder(graph, folder):
+    """Write ``folder/model.py`` + ``folder/weights.pt`` (loads with plain torch, without this toolkit)."""
+    from .folder import export_folder as _export
+    return _export(graph, folder)
+
+
 def verify(graph, inputs=None, blobs=None, **kwargs):
     from .verify import verify as _verify
     return _verify(graph, inputs=inputs, blobs=blobs, **kwargs)
 
 
-__all__ = ["to_onnx", "to_pytorch", "verify", "register_layer", "registered_types", "LayerImpl"]
+__all__ = ["to_onnx", "to_pytorch", "export_folder", "verify", "register_layer", "registered_types", "LayerImpl"]

@@ -1,9 +1,11 @@
 """Layer type -> implementation. Families register themselves with ``@register_layer``.
 
 An implementation gives, for one Caffe layer of its type:
-- ``torch(layer)``: a ``(module, blob_names)`` pair: a module from ``converters.nn`` (its forward
-  takes the bottoms and returns the top, or a tuple of tops) and, for each Caffe blob of the layer,
-  the state-dict entry of the module that holds it;
+- ``torch(layer, graph)``: a ``(module, blob_names)`` pair: the module (its forward takes the bottoms
+  and returns the top, or a tuple of tops) and, for each Caffe blob of the layer, the state-dict entry
+  of the module that holds it. Built-ins describe a module of ``converters.nn`` with
+  ``converters.plan.nn_specs()`` (no torch import); a user's implementation may return any
+  ``nn.Module`` (the exported model.py imports its class, so define it at a module's top level);
 - ``onnx(layer, ctx)``: the ONNX nodes computing the tops from the bottoms (see ``converters.onnx``);
 - optionally ``shape``: a shape rule for types the ``prototxt`` package does not know (fork or
   custom layers), registered with ``prototxt.shapes``.
@@ -34,7 +36,7 @@ class LayerImpl:
 
     types: Sequence[str] = ()
 
-    def torch(self, layer: Layer, graph: Graph):  # -> tuple[nn.Module, list[str]]
+    def torch(self, layer: Layer, graph: Graph):  # -> tuple[ModuleSpec | nn.Module, list[str]]
         raise NotImplementedError
 
     def onnx(self, layer: Layer, ctx) -> None:

@@ -87,39 +87,38 @@ def run_convert(args: argparse.Namespace) -> int:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
+    from converters.folder import export_folder
     from converters.onnx import DEFAULT_OPSET, build, write_model
     model, arrays = build(graph, opset=args.opset or DEFAULT_OPSET, dynamic_batch=not args.static_batch)
     onnx_path = out / f"{safe}.onnx"
     write_model(model, arrays, onnx_path)
-    from converters.torch import export_folder, to_pytorch
-    module = to_pytorch(graph)
-    folder = export_folder(module, graph, out / f"{safe}_pytorch")
+    folder = export_folder(graph, out / f"{safe}_pytorch")  # no torch: it is imported only to verify
     print(f"wrote {onnx_path}")
     print(f"wrote {folder}/ (model.py, weights.pt)")
     if not args.no_verify:
         dynamic = not args.static_batch and not any(l.type in ("LSTM", "RNN", "Reshape") for l in graph.layers)
-        _verify_outputs(graph, module, model, arrays, dynamic)
+        _verify_outputs(graph, model, arrays, dynamic)
     sys.stdout.flush()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 ** 2)
     note(f"{time.perf_counter() - start:.1f} s, peak RSS {peak:.0f} MB")
     return 0
 
 
-def _verify_outputs(graph, module, model, arrays, dynamic_batch: bool) -> None:
+def _verify_outputs(graph, model, arrays, dynamic_batch: bool) -> None:
     """One seeded input through the PyTorch module and the ONNX model just written; the largest
-    difference per output. The ONNX graph runs with its weights fed as inputs straight from the
-    arrays the file was written from, so the check holds no second copy of the weights."""
+    difference per output. Both run on the graph's own arrays (the PyTorch parameters are views of
+    them, the ONNX weights are fed as inputs), so the check holds no second copy of the weights."""
     import numpy as np
     import onnx
 
-    from converters.torch import run
+    from converters.torch import run, to_pytorch
     from converters.verify import random_inputs
     from zoo.cli import CommandError
     from zoo.runtime import session
     inputs = random_inputs(graph)
     if dynamic_batch:  # one item is enough to compare, and keeps the check cheap
         inputs = [x[:1] for x in inputs]
-    expected = run(module, inputs)
+    expected = run(to_pytorch(graph), inputs)
     light = onnx.ModelProto()
     light.CopyFrom(model)
     tensors = list(light.graph.initializer)

@@ -581,8 +581,8 @@ def _trained_blobs(run: _Run, state: dict) -> list[list[np.ndarray]]:
 def _export(run: _Run, solver, train_src: Source, cached: bool) -> FinetuneResult:
     import torch
 
+    from converters.folder import export_folder
     from converters.onnx import build, write_model
-    from converters.torch import export_folder, to_pytorch
     out = run.out
     paths = {"prototxt": out / "deploy.prototxt", "caffemodel": out / "finetuned.caffemodel",
              "best_caffemodel": out / "finetuned_best.caffemodel", "onnx": out / "finetuned.onnx",
@@ -596,7 +596,7 @@ def _export(run: _Run, solver, train_src: Source, cached: bool) -> FinetuneResul
     save_net(run.graph, paths["prototxt"], paths["caffemodel"])
     model, arrays = build(run.graph)
     write_model(model, arrays, paths["onnx"])
-    export_folder(to_pytorch(run.graph), run.graph, paths["pytorch"])
+    export_folder(run.graph, paths["pytorch"])
     if train_src.classes:
         (out / "labels.txt").write_text("\n".join(train_src.classes) + "\n", encoding="utf-8")
     _write_json(paths["metrics_path"], {"epochs": run.metrics, "best": run.best})

@@ -254,7 +254,7 @@ def build_net(spec: NetSpec, phase: str, *, feed: Optional[str], feed_prefix: st
               weights: Sequence[str], seed: int, device: torch.device, start_iter: int = 0) -> Net:
     """Phase-filtered graph shaped by its batches, weights copied by name (fillers for the rest), module."""
     from converters import to_pytorch
-    from converters.torch import TRAINABLE_LOSSES
+    from converters.plan import TRAINABLE_LOSSES
 
     common = dict(phase=phase, stages=spec.stages, level=spec.level, source=spec.source)
     graph0 = build_graph(spec.net, **common)

@@ -27,10 +27,10 @@ def f32(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)
 
 
-def torch_nn():
-    """converters.nn, imported only when a PyTorch module is built (the ONNX path never imports torch)."""
-    from .. import nn
-    return nn
+def nn_specs():
+    """Module specs of converters.nn: ``nn_specs().ReLU(0.1)`` describes the module without importing torch."""
+    from ..plan import nn_specs as specs
+    return specs()
 
 
 def pool_pads(size: int, kernel: int, stride: int, pad: int, out: int) -> tuple[int, int]:

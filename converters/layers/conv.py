@@ -4,7 +4,7 @@ from __future__ import annotations
 from prototxt.shapes import conv_geometry
 
 from ..registry import LayerImpl, register_layer
-from ._common import shape_of, torch_nn
+from ._common import shape_of, nn_specs
 
 
 def _geometry(layer, graph):
@@ -24,7 +24,7 @@ class _ConvFamily(LayerImpl):
 
     def torch(self, layer, graph):
         g = _geometry(layer, graph)
-        module = getattr(torch_nn(), self.module)(g.channels, g.num_output, g.kernel, g.stride, g.pad, g.dilation,
+        module = getattr(nn_specs(), self.module)(g.channels, g.num_output, g.kernel, g.stride, g.pad, g.dilation,
                                                   g.group, g.bias, len(g.kernel))
         return module, ["weight", "bias"][:len(layer.param_shapes)]
 

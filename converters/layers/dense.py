@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import LayerImpl, register_layer
-from ._common import canonical, f32, shape_of, torch_nn
+from ._common import canonical, f32, shape_of, nn_specs
 
 
 @register_layer("InnerProduct")
@@ -17,7 +17,7 @@ class InnerProduct(LayerImpl):
         return dict(in_features=k, out_features=p.num_output, axis=axis, bias=p.bias_term, transpose=p.transpose)
 
     def torch(self, layer, graph):
-        return torch_nn().InnerProduct(**self._args(layer, graph)), ["weight", "bias"][:len(layer.param_shapes)]
+        return nn_specs().InnerProduct(**self._args(layer, graph)), ["weight", "bias"][:len(layer.param_shapes)]
 
     def onnx(self, layer, ctx, weight=None, bias=None, out=None):
         a = self._args(layer, ctx.graph)
@@ -44,7 +44,7 @@ class InnerProduct(LayerImpl):
 class Embed(LayerImpl):
     def torch(self, layer, graph):
         p = layer.proto.embed_param
-        return torch_nn().Embed(p.input_dim, p.num_output, p.bias_term), ["weight", "bias"][:len(layer.param_shapes)]
+        return nn_specs().Embed(p.input_dim, p.num_output, p.bias_term), ["weight", "bias"][:len(layer.param_shapes)]
 
     def onnx(self, layer, ctx):
         idx = ctx.node("Cast", [layer.bottoms[0]], to=7)[0]  # int64
@@ -56,7 +56,7 @@ class Embed(LayerImpl):
 @register_layer("Parameter")
 class Parameter(LayerImpl):
     def torch(self, layer, graph):
-        return torch_nn().Parameter(list(layer.param_shapes[0])), ["weight"]
+        return nn_specs().Parameter(list(layer.param_shapes[0])), ["weight"]
 
     def onnx(self, layer, ctx):
         ctx.node("Identity", [ctx.blob(layer, 0, "value")], [layer.tops[0]])
@@ -76,7 +76,7 @@ class LSTM(LayerImpl):
     def torch(self, layer, graph):
         a = _recurrent_args(layer, graph)
         names = ["weight_xc", "bias_c"] + (["weight_xc_static"] if a["static_size"] else []) + ["weight_hc"]
-        return torch_nn().LSTM(**a), names
+        return nn_specs().LSTM(**a), names
 
     def onnx(self, layer, ctx):
         a = _recurrent_args(layer, ctx.graph)
@@ -119,7 +119,7 @@ class RNN(LayerImpl):
         a = _recurrent_args(layer, graph)
         names = ["weight_xh", "bias_h"] + (["weight_xh_static"] if a["static_size"] else []) + [
             "weight_hh", "weight_ho", "bias_o"]
-        return torch_nn().RNN(**a), names
+        return nn_specs().RNN(**a), names
 
     def onnx(self, layer, ctx):
         a = _recurrent_args(layer, ctx.graph)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..registry import LayerImpl, register_layer
-from ._common import broadcast_shape, f32, shape_of, torch_nn
+from ._common import broadcast_shape, f32, shape_of, nn_specs
 
 
 def _each(layer, ctx, emit):
@@ -18,7 +18,7 @@ def _each(layer, ctx, emit):
 @register_layer("ReLU")
 class ReLU(LayerImpl):
     def torch(self, layer, graph):
-        return torch_nn().ReLU(layer.proto.relu_param.negative_slope), []
+        return nn_specs().ReLU(layer.proto.relu_param.negative_slope), []
 
     def onnx(self, layer, ctx):
         s = layer.proto.relu_param.negative_slope
@@ -29,7 +29,7 @@ class ReLU(LayerImpl):
 class PReLU(LayerImpl):
     def torch(self, layer, graph):
         shape = shape_of(layer, graph)
-        return torch_nn().PReLU(shape[1], layer.proto.prelu_param.channel_shared), ["weight"]
+        return nn_specs().PReLU(shape[1], layer.proto.prelu_param.channel_shared), ["weight"]
 
     def onnx(self, layer, ctx):
         shape = shape_of(layer, ctx)
@@ -64,7 +64,7 @@ def _params(layer) -> tuple[str, dict]:
 class Elementwise(LayerImpl):
     def torch(self, layer, graph):
         op, args = _params(layer)
-        return torch_nn().Elementwise(op, **args), []
+        return nn_specs().Elementwise(op, **args), []
 
     def onnx(self, layer, ctx):
         op, a = _params(layer)
@@ -114,7 +114,7 @@ class Elementwise(LayerImpl):
 @register_layer("Dropout")
 class Dropout(LayerImpl):
     def torch(self, layer, graph):
-        return torch_nn().Dropout(layer.proto.dropout_param.dropout_ratio), []
+        return nn_specs().Dropout(layer.proto.dropout_param.dropout_ratio), []
 
     def onnx(self, layer, ctx):
         ctx.node("Identity", [layer.bottoms[0]], [layer.tops[0]])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import LayerImpl, register_layer
-from ._common import broadcast_shape, canonical, f32, shape_of, torch_nn
+from ._common import broadcast_shape, canonical, f32, shape_of, nn_specs
 
 
 def batch_norm_affine(layer) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +28,7 @@ class BatchNorm(LayerImpl):
         p = layer.proto.batch_norm_param
         channels = shape[1] if len(shape) > 1 else 1
         use = p.use_global_stats if p.HasField("use_global_stats") else None
-        return torch_nn().BatchNorm(channels, p.eps, p.moving_average_fraction, use), ["mean", "variance", "scale_factor"]
+        return nn_specs().BatchNorm(channels, p.eps, p.moving_average_fraction, use), ["mean", "variance", "scale_factor"]
 
     def onnx(self, layer, ctx):
         if not global_stats(layer):  # Caffe normalises with this batch's own statistics
@@ -85,7 +85,7 @@ class Scale(LayerImpl):
         p = layer.proto.scale_param
         axis, shape = scale_geometry(layer, graph, p)
         own = len(layer.bottoms) == 1
-        return torch_nn().Scale(axis, shape, own, p.bias_term), (["weight"] if own else []) + (["bias"] if p.bias_term else [])
+        return nn_specs().Scale(axis, shape, own, p.bias_term), (["weight"] if own else []) + (["bias"] if p.bias_term else [])
 
     def onnx(self, layer, ctx):
         p = layer.proto.scale_param
@@ -106,7 +106,7 @@ class Bias(LayerImpl):
     def torch(self, layer, graph):
         axis, shape = scale_geometry(layer, graph, layer.proto.bias_param)
         own = len(layer.bottoms) == 1
-        return torch_nn().Scale(axis, shape, False, own), (["bias"] if own else [])
+        return nn_specs().Scale(axis, shape, False, own), (["bias"] if own else [])
 
     def onnx(self, layer, ctx):
         axis, shape = scale_geometry(layer, ctx.graph, layer.proto.bias_param)
@@ -127,7 +127,7 @@ class LRN(LayerImpl):
         return dict(size=p.local_size, alpha=p.alpha, beta=p.beta, k=p.k, region=region)
 
     def torch(self, layer, graph):
-        return torch_nn().LRN(**self._args(layer)), []
+        return nn_specs().LRN(**self._args(layer)), []
 
     def onnx(self, layer, ctx):
         a = self._args(layer)
@@ -176,7 +176,7 @@ class MVN(LayerImpl):
         return dict(normalize_variance=p.normalize_variance, across_channels=p.across_channels, eps=p.eps)
 
     def torch(self, layer, graph):
-        return torch_nn().MVN(**self._args(layer)), []
+        return nn_specs().MVN(**self._args(layer)), []
 
     def onnx(self, layer, ctx):
         a = self._args(layer)
@@ -194,7 +194,7 @@ class MVN(LayerImpl):
 @register_layer("Softmax")
 class Softmax(LayerImpl):
     def torch(self, layer, graph):
-        return torch_nn().Softmax(canonical(layer.proto.softmax_param.axis, len(shape_of(layer, graph)))), []
+        return nn_specs().Softmax(canonical(layer.proto.softmax_param.axis, len(shape_of(layer, graph)))), []
 
     def onnx(self, layer, ctx):
         axis = canonical(layer.proto.softmax_param.axis, len(shape_of(layer, ctx)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import LayerImpl, register_layer
-from ._common import canonical, shape_of, top_shape, torch_nn
+from ._common import canonical, shape_of, top_shape, nn_specs
 
 _ELTWISE = {0: "PROD", 1: "SUM", 2: "MAX"}
 
@@ -16,7 +16,7 @@ class Eltwise(LayerImpl):
         return dict(op=_ELTWISE[p.operation], coeff=list(p.coeff))
 
     def torch(self, layer, graph):
-        return torch_nn().Eltwise(**self._args(layer)), []
+        return nn_specs().Eltwise(**self._args(layer)), []
 
     def onnx(self, layer, ctx):
         a = self._args(layer)
@@ -41,7 +41,7 @@ def concat_axis(layer, graph) -> int:
 @register_layer("Concat")
 class Concat(LayerImpl):
     def torch(self, layer, graph):
-        return torch_nn().Concat(concat_axis(layer, graph)), []
+        return nn_specs().Concat(concat_axis(layer, graph)), []
 
     def onnx(self, layer, ctx):
         ctx.node("Concat", list(layer.bottoms), [layer.tops[0]], axis=concat_axis(layer, ctx.graph))
@@ -56,7 +56,7 @@ def _slice(layer, graph) -> tuple[int, list[int]]:
 @register_layer("Slice")
 class Slice(LayerImpl):
     def torch(self, layer, graph):
-        return torch_nn().Slice(*_slice(layer, graph)), []
+        return nn_specs().Slice(*_slice(layer, graph)), []
 
     def onnx(self, layer, ctx):
         axis, sizes = _slice(layer, ctx.graph)
@@ -69,7 +69,7 @@ class Slice(LayerImpl):
 @register_layer("Split")
 class Split(LayerImpl):
     def torch(self, layer, graph):
-        return torch_nn().Split(len(layer.tops)), []
+        return nn_specs().Split(len(layer.tops)), []
 
     def onnx(self, layer, ctx):
         for t in layer.tops:
@@ -91,7 +91,7 @@ def reshape_args(layer, graph) -> dict:
 @register_layer("Flatten", "Reshape")
 class Reshape(LayerImpl):
     def torch(self, layer, graph):
-        return torch_nn().Reshape(**reshape_args(layer, graph)), []
+        return nn_specs().Reshape(**reshape_args(layer, graph)), []
 
     def onnx(self, layer, ctx):
         a = reshape_args(layer, ctx.graph)
@@ -121,7 +121,7 @@ def crop_args(layer, graph) -> dict:
 @register_layer("Crop")
 class Crop(LayerImpl):
     def torch(self, layer, graph):
-        return torch_nn().Crop(**crop_args(layer, graph)), []
+        return nn_specs().Crop(**crop_args(layer, graph)), []
 
     def onnx(self, layer, ctx):
         a = crop_args(layer, ctx.graph)
@@ -137,7 +137,7 @@ class Crop(LayerImpl):
 class Tile(LayerImpl):
     def torch(self, layer, graph):
         p = layer.proto.tile_param
-        return torch_nn().Tile(canonical(p.axis, len(shape_of(layer, graph))), p.tiles), []
+        return nn_specs().Tile(canonical(p.axis, len(shape_of(layer, graph))), p.tiles), []
 
     def onnx(self, layer, ctx):
         p = layer.proto.tile_param
@@ -157,7 +157,7 @@ class Reduction(LayerImpl):
         return dict(op=_REDUCTIONS[p.operation], axis=canonical(p.axis, len(shape_of(layer, graph))), coeff=p.coeff)
 
     def torch(self, layer, graph):
-        return torch_nn().Reduction(**self._args(layer, graph)), []
+        return nn_specs().Reduction(**self._args(layer, graph)), []
 
     def onnx(self, layer, ctx):
         a = self._args(layer, ctx.graph)
@@ -178,7 +178,7 @@ class ArgMax(LayerImpl):
         return dict(axis=axis, top_k=p.top_k, out_max_val=p.out_max_val)
 
     def torch(self, layer, graph):
-        return torch_nn().ArgMax(**self._args(layer, graph)), []
+        return nn_specs().ArgMax(**self._args(layer, graph)), []
 
     def onnx(self, layer, ctx):
         a = self._args(layer, ctx.graph)

@@ -9,7 +9,7 @@ from prototxt import caffe_pb2
 from prototxt.shapes import pool_geometry
 
 from ..registry import LayerImpl, register_layer
-from ._common import pool_pads, shape_of, torch_nn
+from ._common import pool_pads, shape_of, nn_specs
 
 _METHODS = {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}
 
@@ -66,8 +66,8 @@ class Pooling(LayerImpl):
     def torch(self, layer, graph):
         a = _args(layer, graph)
         if layer.proto.pooling_param.global_pooling and a["method"] != "STOCHASTIC":
-            return torch_nn().GlobalPooling(a["method"]), []
-        return torch_nn().Pooling(**a), []
+            return nn_specs().GlobalPooling(a["method"]), []
+        return nn_specs().Pooling(**a), []
 
     def onnx(self, layer, ctx):
         a = _args(layer, ctx.graph)
@@ -102,7 +102,7 @@ def spp_levels(layer, graph) -> list[dict]:
 @register_layer("SPP")
 class SPP(LayerImpl):
     def torch(self, layer, graph):
-        return torch_nn().SPP(spp_levels(layer, graph)), []
+        return nn_specs().SPP(spp_levels(layer, graph)), []
 
     def onnx(self, layer, ctx):
         levels = spp_levels(layer, ctx.graph)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from converters import registry, to_pytorch
-from converters.torch import export_folder
+from converters.folder import export_folder
 from tests.converters.common import load_fixture, torch_cpu
 from tests.helpers import REPO, SHARED, shared_params
 
@@ -70,7 +70,7 @@ def _cases():
 def test_export_folder_runs_without_toolkit(fixture, weights_cache, tmp_path):
     graph, ins, _ = load_fixture(fixture, weights_cache)
     module = to_pytorch(graph)
-    folder = export_folder(module, graph, tmp_path / "export" / fixture.name)
+    folder = export_folder(graph, tmp_path / "export" / fixture.name)  # written without torch
     assert sorted(os.listdir(folder)) == ["model.py", "weights.pt"]
     assert not [p for p in os.listdir(tmp_path / "export") if p != fixture.name]  # no .partial left over
 
@@ -79,7 +79,8 @@ def test_export_folder_runs_without_toolkit(fixture, weights_cache, tmp_path):
         want = module(*[torch.from_numpy(x) for x in xs])
     want = {k: v.numpy() for k, v in want.items()} if isinstance(want, dict) else {"_single": want.numpy()}
 
-    # in-process: the weights file holds the module's state dict, loadable without pickled code
+    # in-process: the weights file holds the module's state dict (same keys, shapes, values), loadable
+    # without pickled code
     state = torch.load(os.path.join(folder, "weights.pt"), weights_only=True)
     mine = module.state_dict()
     assert sorted(state) == sorted(mine)

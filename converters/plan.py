@@ -1,0 +1,239 @@
+"""The PyTorch form of a net, planned without importing torch.
+
+``plan(graph)`` decides everything ``to_pytorch`` and the exported folder share: which layers become
+submodules (under valid, unique Python names), what each module is (a ``ModuleSpec``: a class of
+``converters.nn`` and its constructor arguments), which state-dict entry holds each Caffe blob, the
+variable of every value, and the outputs. ``to_pytorch`` builds modules from it; ``converters.folder``
+writes ``model.py`` and ``weights.pt`` from it without torch (so ``zoo convert`` pays for torch only
+when it verifies).
+
+Built-in layer implementations describe their module through ``nn_specs()`` (``.Convolution(...)``
+gives a spec, not a module); a user's implementation may return a real ``nn.Module`` instead.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import keyword
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from prototxt.graph import Graph, Layer, unique_name
+
+from . import registry
+
+NN_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nn.py")
+
+
+@functools.lru_cache(maxsize=1)
+def nn_source() -> str:
+    """The text of converters/nn.py (read, never imported here: importing it imports torch)."""
+    with open(NN_SOURCE, encoding="utf-8") as f:
+        return f.read()
+
+# Loss/metric layers that have a PyTorch form for training (`zoo train`).
+TRAINABLE_LOSSES = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "Accuracy"}
+
+
+@dataclass
+class ModuleSpec:
+    """A module of ``converters.nn`` by class name, with its constructor arguments by name (what the
+    module records in ``self.args``)."""
+    cls: str
+    args: dict
+
+    def build(self):
+        from . import nn
+        return getattr(nn, self.cls)(**self.args)
+
+
+@functools.lru_cache(maxsize=1)
+def _signatures() -> dict[str, inspect.Signature]:
+    """Constructor signatures of the classes in nn.py, read from its source (no torch import)."""
+    tree = ast.parse(nn_source())
+    classes = {c.name: c for c in tree.body if isinstance(c, ast.ClassDef)}
+
+    def init_of(name):
+        cls = classes.get(name)
+        if cls is None:
+            return None
+        for item in cls.body:
+            if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                return item
+        for base in cls.bases:
+            found = init_of(base.id) if isinstance(base, ast.Name) else None
+            if found is not None:
+                return found
+        return None
+
+    out = {}
+    for name in classes:
+        init = init_of(name)
+        if init is None:
+            out[name] = inspect.Signature()
+            continue
+        namespace: dict[str, Any] = {}
+        exec(f"def f({ast.unparse(init.args)}): pass", namespace)  # nn.py's defaults are literals
+        params = list(inspect.signature(namespace["f"]).parameters.values())[1:]  # drop self
+        out[name] = inspect.Signature(params)
+    return out
+
+
+class _Specs:
+    """``nn_specs().Convolution(...)`` -> ModuleSpec("Convolution", {bound arguments})."""
+
+    def __getattr__(self, cls: str):
+        sig = _signatures().get(cls)
+        if sig is None:
+            raise AttributeError(f"converters.nn has no class {cls}")
+
+        def make(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            flat: dict = {}
+            for name, value in bound.arguments.items():
+                if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                    flat.update(value)
+                else:
+                    flat[name] = value
+            return ModuleSpec(cls, flat)
+        return make
+
+
+_SPECS = _Specs()
+
+
+def nn_specs() -> _Specs:
+    return _SPECS
+
+
+def identifier(name: str, taken: set[str]) -> str:
+    """A valid, unique Python identifier for a Caffe name (inception_3a/1x1 -> inception_3a_1x1)."""
+    base = re.sub(r"\W", "_", name) or "layer"
+    if base[0].isdigit():
+        base = "_" + base
+    if keyword.iskeyword(base):
+        base += "_"
+    return unique_name(base, taken)
+
+
+def class_name(name: str) -> str:
+    words = re.findall(r"[A-Za-z0-9]+", name or "caffe net")
+    out = "".join(w[:1].upper() + w[1:] for w in words) or "CaffeNet"
+    return out if not out[0].isdigit() else "Net" + out
+
+
+@dataclass
+class Step:
+    """One Caffe layer as a submodule call: ``tops = self.<attr>(*bottoms)``."""
+    attr: str
+    layer: Layer
+    module: Any                # ModuleSpec, or a user's nn.Module
+    blob_names: list[str]      # the module's state-dict entry of each Caffe blob, in Caffe's order
+    call: str                  # the variable of the call's result (the top, or the tuple of tops)
+    tops: list[str] = field(default_factory=list)  # the variable of each top
+
+
+@dataclass
+class Plan:
+    class_name: str
+    inputs: list[str]                 # graph values fed in, Caffe's input order
+    input_vars: list[str]
+    steps: list[Step]
+    outputs: list[str]                # graph values returned
+    output_names: list[str]           # their Caffe names
+    value_vars: dict[str, str]        # graph value -> variable
+    dropped: list[str]                # training-only layers left out
+
+    @property
+    def caffe_names(self) -> dict[str, str]:
+        return {s.attr: s.layer.name for s in self.steps}
+
+    def blob_keys(self) -> dict[str, list[str]]:
+        """Caffe layer name -> the state-dict key of each of its blobs, in Caffe's blob order."""
+        return {s.layer.name: [f"{s.attr}.{b}" for b in s.blob_names] for s in self.steps}
+
+    def shared(self) -> dict[str, str]:
+        """State-dict key -> the key of the blob it shares (``param { name }``) where shapes agree."""
+        by_layer = {s.layer.name: s for s in self.steps}
+        out = {}
+        for s in self.steps:
+            for i, spec in enumerate(s.layer.params):
+                owner = by_layer.get(spec.owner) if spec.owner is not None else None
+                if owner is None or i >= len(s.blob_names) or spec.owner_index >= len(owner.blob_names):
+                    continue
+                if tuple(s.layer.param_shapes[i]) == tuple(owner.layer.param_shapes[spec.owner_index]):
+                    out[f"{s.attr}.{s.blob_names[i]}"] = f"{owner.attr}.{owner.blob_names[spec.owner_index]}"
+        return out
+
+
+def _loss_spec(layer) -> ModuleSpec:
+    nn = nn_specs()
+    p = layer.proto
+    norm_names = {0: "FULL", 1: "VALID", 2: "BATCH_SIZE", 3: "NONE"}
+    lp = p.loss_param
+    if lp.HasField("normalization"):
+        norm = norm_names[lp.normalization]
+    elif lp.HasField("normalize"):
+        norm = "VALID" if lp.normalize else "BATCH_SIZE"
+    else:
+        norm = None
+    ignore = lp.ignore_label if lp.HasField("ignore_label") else None
+    if layer.type == "SoftmaxWithLoss":
+        return nn.SoftmaxWithLoss(p.softmax_param.axis, ignore, norm or "VALID")
+    if layer.type == "EuclideanLoss":
+        return nn.EuclideanLoss()
+    if layer.type == "SigmoidCrossEntropyLoss":
+        return nn.SigmoidCrossEntropyLoss(norm or "BATCH_SIZE")
+    ap = p.accuracy_param
+    return nn.Accuracy(ap.axis, ap.top_k, ap.ignore_label if ap.HasField("ignore_label") else None)
+
+
+def plan(graph: Graph, training: bool = False) -> Plan:
+    """The PyTorch form of ``graph`` (see the module docstring); checks support and weights first.
+
+    With ``training=True`` the loss and metric layers are kept (their tops become outputs) and data
+    layers' label tops are inputs, for `zoo train`.
+    """
+    registry.check_supported(graph)
+    missing = [l.name for l in graph.layers if l.param_shapes and not l.blobs]
+    if missing and not training:
+        raise ValueError(f"no weights for layers {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
+                         f"load the net with its .caffemodel")
+    attrs: set[str] = set()          # submodule names
+    taken: set[str] = {"self"}       # forward()'s variables
+    value_vars: dict[str, str] = {}
+    for v in graph.inputs:
+        value_vars[v] = identifier(graph.values[v].caffe_name, taken)
+    input_vars = [value_vars[v] for v in graph.inputs]
+    steps: list[Step] = []
+    dropped: list[str] = []
+    kept_losses: list[str] = []
+    for layer in graph.layers:
+        if layer.type in registry.DATA_LAYERS or layer.type == "Silence":
+            continue
+        if layer.type in registry.TRAINING_ONLY:
+            if training and layer.type in TRAINABLE_LOSSES:
+                module, blob_names = _loss_spec(layer), []
+                kept_losses.extend(layer.tops)
+            else:
+                dropped.append(f"{layer.name} ({layer.type})")
+                continue
+        else:
+            module, blob_names = registry.get(layer.type).torch(layer, graph)
+        attr = identifier(layer.name, attrs)
+        tops = [identifier(graph.values[t].caffe_name, taken) for t in layer.tops]
+        call = tops[0] if len(tops) == 1 else identifier(layer.name, taken)
+        value_vars.update(zip(layer.tops, tops))
+        steps.append(Step(attr, layer, module, list(blob_names), call, tops))
+    outputs = [o for o in graph.outputs if o in value_vars and graph.values[o].producer is not None]
+    if training:
+        outputs += [t for t in kept_losses if t not in outputs]
+    if dropped:
+        warnings.warn(f"left out training-only layers: {', '.join(dropped)}", stacklevel=3)
+    return Plan(class_name(graph.name), list(graph.inputs), input_vars, steps, outputs,
+                [graph.values[o].caffe_name for o in outputs], value_vars, dropped)
