@@ -449,23 +449,27 @@ class Parameter(CaffeModule):
 
 
 class LSTM(CaffeModule):
-    """Caffe's LSTM over (T, N, ...) with sequence-continuation flags cont (T, N); gates i, f, o, g."""
+    """Caffe's LSTM over (T, N, ...) with sequence-continuation flags cont (T, N); gates i, f, o, g.
+    With expose_hidden, h_0 and c_0 (1, N, H) follow the inputs and h_T, c_T follow the output."""
 
-    def __init__(self, input_size, hidden, static_size):
-        super().__init__(input_size=input_size, hidden=hidden, static_size=static_size)
+    def __init__(self, input_size, hidden, static_size, expose_hidden=False):
+        super().__init__(input_size=input_size, hidden=hidden, static_size=static_size, expose_hidden=expose_hidden)
         h = hidden
         self.weight_xc = nn.Parameter(torch.empty(4 * h, input_size))
         self.bias_c = nn.Parameter(torch.empty(4 * h))
         self.weight_xc_static = nn.Parameter(torch.empty(4 * h, static_size)) if static_size else None
         self.weight_hc = nn.Parameter(torch.empty(4 * h, h))
 
-    def forward(self, x, cont, *static):
+    def forward(self, x, cont, *rest):
         t_steps, n, h = x.shape[0], x.shape[1], self.args["hidden"]
+        static = rest[:1] if self.args["static_size"] else ()
         gates_x = F.linear(x.flatten(2), self.weight_xc, self.bias_c)
         if static:
             gates_x = gates_x + F.linear(static[0].flatten(1), self.weight_xc_static).unsqueeze(0)
-        h_prev = x.new_zeros(n, h)
-        c_prev = x.new_zeros(n, h)
+        if self.args["expose_hidden"]:
+            h_prev, c_prev = (s.reshape(n, h) for s in rest[len(static):len(static) + 2])
+        else:
+            h_prev = c_prev = x.new_zeros(n, h)
         outs = []
         for t in range(t_steps):
             keep = cont[t].reshape(n, 1)
@@ -474,14 +478,16 @@ class LSTM(CaffeModule):
             c_prev = keep * torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
             h_prev = torch.sigmoid(o) * torch.tanh(c_prev)
             outs.append(h_prev)
-        return torch.stack(outs, 0)
+        out = torch.stack(outs, 0)
+        return (out, h_prev.unsqueeze(0), c_prev.unsqueeze(0)) if self.args["expose_hidden"] else out
 
 
 class RNN(CaffeModule):
-    """Caffe's RNN: h_t = tanh(W_hh (cont*h_{t-1}) + W_xh x_t + b_h); o_t = tanh(W_ho h_t + b_o)."""
+    """Caffe's RNN: h_t = tanh(W_hh (cont*h_{t-1}) + W_xh x_t + b_h); o_t = tanh(W_ho h_t + b_o).
+    With expose_hidden, h_0 (1, N, H) follows the inputs and h_T follows the output."""
 
-    def __init__(self, input_size, hidden, static_size):
-        super().__init__(input_size=input_size, hidden=hidden, static_size=static_size)
+    def __init__(self, input_size, hidden, static_size, expose_hidden=False):
+        super().__init__(input_size=input_size, hidden=hidden, static_size=static_size, expose_hidden=expose_hidden)
         h = hidden
         self.weight_xh = nn.Parameter(torch.empty(h, input_size))
         self.bias_h = nn.Parameter(torch.empty(h))
@@ -490,17 +496,19 @@ class RNN(CaffeModule):
         self.weight_ho = nn.Parameter(torch.empty(h, h))
         self.bias_o = nn.Parameter(torch.empty(h))
 
-    def forward(self, x, cont, *static):
+    def forward(self, x, cont, *rest):
         t_steps, n, h = x.shape[0], x.shape[1], self.args["hidden"]
+        static = rest[:1] if self.args["static_size"] else ()
         pre = F.linear(x.flatten(2), self.weight_xh, self.bias_h)
         if static:
             pre = pre + F.linear(static[0].flatten(1), self.weight_xh_static).unsqueeze(0)
-        h_prev = x.new_zeros(n, h)
+        h_prev = rest[len(static)].reshape(n, h) if self.args["expose_hidden"] else x.new_zeros(n, h)
         outs = []
         for t in range(t_steps):
             h_prev = torch.tanh(pre[t] + F.linear(h_prev * cont[t].reshape(n, 1), self.weight_hh))
             outs.append(torch.tanh(F.linear(h_prev, self.weight_ho, self.bias_o)))
-        return torch.stack(outs, 0)
+        out = torch.stack(outs, 0)
+        return (out, h_prev.unsqueeze(0)) if self.args["expose_hidden"] else out
 
 
 # -- training-only layers (used by `zoo train`) ----------------------------------------------------

@@ -317,7 +317,12 @@ def _recurrent(layer, bottoms):
         fail(layer, f"needs x (T, N, ...) and cont (T, N), got {_fmt(bottoms[:2])}")
     t, n, h = x[0], x[1], p.num_output
     k = count(x, 2)
-    static = count(bottoms[2], 1) if len(bottoms) > 2 and not p.expose_hidden else None
+    recurrent = 2 if layer.type == "LSTM" else 1  # hidden-state blobs: (h, c) or h
+    exposed = recurrent if p.expose_hidden else 0  # their t=0 values are bottoms after x, cont (, static)
+    static = count(bottoms[2], 1) if len(bottoms) > 2 + exposed else None
+    for i, b in enumerate(bottoms[2 + (static is not None):], 2 + (static is not None)):
+        if tuple(b) != (1, n, h):
+            fail(layer, f"bottom {i} (a hidden state at t=0) must be (1, {n}, {h}), got {_fmt([b])}")
     if layer.type == "LSTM":
         params = [(4 * h, k), (4 * h,)] + ([(4 * h, static)] if static else []) + [(4 * h, h)]
         macs = t * n * 4 * h * (k + h) + (n * 4 * h * static if static else 0)

@@ -62,24 +62,42 @@ class Parameter(LayerImpl):
         ctx.node("Identity", [ctx.blob(layer, 0, "value")], [layer.tops[0]])
 
 
-def _recurrent_args(layer, graph):
+def _recurrent_args(layer, graph, recurrent: int):
+    """Module arguments; ``recurrent`` hidden-state blobs ((h, c) of LSTM, h of RNN) are bottoms after
+    x, cont and the optional static input, and tops after the output, when expose_hidden is set."""
     p = layer.proto.recurrent_param
-    if p.expose_hidden:
-        raise ValueError(f"layer '{layer.name}': expose_hidden recurrent layers are not supported")
     x = shape_of(layer, graph)
-    static = int(np.prod(shape_of(layer, graph, 2)[1:])) if len(layer.bottoms) > 2 else 0
-    return dict(input_size=int(np.prod(x[2:])), hidden=p.num_output, static_size=static)
+    exposed = recurrent if p.expose_hidden else 0
+    static = int(np.prod(shape_of(layer, graph, 2)[1:])) if len(layer.bottoms) > 2 + exposed else 0
+    return dict(input_size=int(np.prod(x[2:])), hidden=p.num_output, static_size=static,
+                expose_hidden=bool(p.expose_hidden))
+
+
+def _initial_states(layer, ctx, a, recurrent: int) -> list[str]:
+    """The t=0 hidden states as (N, H) values: the exposed bottoms, else zeros (a fresh Caffe net)."""
+    t_steps, n = shape_of(layer, ctx)[:2]
+    if not a["expose_hidden"]:
+        return [ctx.const(np.zeros((n, a["hidden"]), np.float32), "zeros")] * recurrent
+    first = 2 + (1 if a["static_size"] else 0)
+    return [ctx.node("Reshape", [b, ctx.ints([n, a["hidden"]])])[0] for b in layer.bottoms[first:first + recurrent]]
+
+
+def _final_states(layer, ctx, a, states: list[str]) -> None:
+    """The hidden states after the last step as the (1, N, H) tops after the output (expose_hidden)."""
+    if a["expose_hidden"]:
+        for state, top in zip(states, layer.tops[1:]):
+            ctx.node("Unsqueeze", [state, ctx.ints([0], "axis")], [top])
 
 
 @register_layer("LSTM")
 class LSTM(LayerImpl):
     def torch(self, layer, graph):
-        a = _recurrent_args(layer, graph)
+        a = _recurrent_args(layer, graph, 2)
         names = ["weight_xc", "bias_c"] + (["weight_xc_static"] if a["static_size"] else []) + ["weight_hc"]
         return nn_specs().LSTM(**a), names
 
     def onnx(self, layer, ctx):
-        a = _recurrent_args(layer, ctx.graph)
+        a = _recurrent_args(layer, ctx.graph, 2)
         h = a["hidden"]
         t_steps, n = shape_of(layer, ctx)[:2]
         blobs = list(layer.blobs)
@@ -94,7 +112,7 @@ class LSTM(LayerImpl):
             gs = ctx.node("MatMul", [s, ctx.const(f32(w_static).T, "w_static_t")])[0]
             gx = ctx.node("Add", [gx, gs])[0]
         w_hc_t = ctx.const(f32(w_hc).T, "w_hc_t")
-        h_prev = c_prev = ctx.const(np.zeros((n, h), np.float32), "zeros")
+        h_prev, c_prev = _initial_states(layer, ctx, a, 2)
         outs = []
         for t in range(t_steps):
             g_t = ctx.node("Gather", [gx, ctx.ints([t], "t")], axis=0)[0]
@@ -111,18 +129,19 @@ class LSTM(LayerImpl):
             h_prev = ctx.node("Mul", [o, ctx.node("Tanh", [c_prev])[0]])[0]
             outs.append(ctx.node("Unsqueeze", [h_prev, ctx.ints([0], "axis")])[0])
         ctx.node("Concat", outs, [layer.tops[0]], axis=0)
+        _final_states(layer, ctx, a, [h_prev, c_prev])
 
 
 @register_layer("RNN")
 class RNN(LayerImpl):
     def torch(self, layer, graph):
-        a = _recurrent_args(layer, graph)
+        a = _recurrent_args(layer, graph, 1)
         names = ["weight_xh", "bias_h"] + (["weight_xh_static"] if a["static_size"] else []) + [
             "weight_hh", "weight_ho", "bias_o"]
         return nn_specs().RNN(**a), names
 
     def onnx(self, layer, ctx):
-        a = _recurrent_args(layer, ctx.graph)
+        a = _recurrent_args(layer, ctx.graph, 1)
         h = a["hidden"]
         t_steps, n = shape_of(layer, ctx)[:2]
         blobs = list(layer.blobs)
@@ -135,7 +154,7 @@ class RNN(LayerImpl):
             s = ctx.node("Reshape", [layer.bottoms[2], ctx.ints([n, -1])])[0]
             pre = ctx.node("Add", [pre, ctx.node("MatMul", [s, ctx.const(f32(w_static).T, "w_static_t")])[0]])[0]
         w_hh_t, w_ho_t, b_o_c = ctx.const(f32(w_hh).T, "w_hh_t"), ctx.const(f32(w_ho).T, "w_ho_t"), ctx.const(b_o, "b_o")
-        h_prev = ctx.const(np.zeros((n, h), np.float32), "zeros")
+        h_prev, = _initial_states(layer, ctx, a, 1)
         outs = []
         for t in range(t_steps):
             p_t = ctx.node("Reshape", [ctx.node("Gather", [pre, ctx.ints([t], "t")], axis=0)[0], ctx.ints([n, h])])[0]
@@ -146,3 +165,4 @@ class RNN(LayerImpl):
             o = ctx.node("Tanh", [ctx.node("Add", [ctx.node("MatMul", [h_prev, w_ho_t])[0], b_o_c])[0]])[0]
             outs.append(ctx.node("Unsqueeze", [o, ctx.ints([0], "axis")])[0])
         ctx.node("Concat", outs, [layer.tops[0]], axis=0)
+        _final_states(layer, ctx, a, [h_prev])
