@@ -121,11 +121,15 @@ class Pooling(CaffeModule):
             return F.max_pool2d(self._padded(x, float("-inf")), a["kernel"], a["stride"])
         if a["method"] == "AVE":
             return F.avg_pool2d(self._padded(x, 0.0), a["kernel"], a["stride"]) * self.scale
-        # STOCHASTIC at test time: the probability-weighted average sum(x^2)/sum(x) of each window
-        xp = self._padded(x, 0.0)
-        num = F.avg_pool2d(xp * xp, a["kernel"], a["stride"])
-        den = F.avg_pool2d(xp, a["kernel"], a["stride"])
-        return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), torch.zeros_like(den))
+        # STOCHASTIC at test time, as Caffe's GPU kernel (its only implementation): the probability-
+        # weighted average sum(x^2) / (FLT_MIN + sum(x)) over windows starting at o*stride (padding is
+        # ignored, windows are clipped to the input: zeros past its end add nothing)
+        k, area = a["kernel"], a["kernel"][0] * a["kernel"][1]
+        right = [max(0, (a["out_size"][i] - 1) * a["stride"][i] + k[i] - a["in_size"][i]) for i in range(2)]
+        xp = F.pad(x, (0, right[1], 0, right[0])) if any(right) else x
+        num = F.avg_pool2d(xp * xp, k, a["stride"]) * area
+        den = F.avg_pool2d(xp, k, a["stride"]) * area + 1.17549435e-38
+        return (num / den)[..., :a["out_size"][0], :a["out_size"][1]]
 
 
 class GlobalPooling(CaffeModule):

@@ -34,8 +34,30 @@ def ave_scale(a: dict) -> np.ndarray:
     return (a["kernel"][0] * a["kernel"][1] / (rows[0][:, None] * rows[1][None, :])).astype(np.float32)
 
 
+FLT_MIN = np.float32(1.17549435e-38)
+
+
+def emit_stochastic(ctx, x: str, out: str, a: dict) -> None:
+    """STOCHASTIC at test time (Caffe's GPU kernel): sum(x^2) / (FLT_MIN + sum(x)) over windows that
+    start at o*stride, padding ignored, clipped to the input."""
+    k, area = a["kernel"], np.float32(a["kernel"][0] * a["kernel"][1])
+    right = [max(0, (a["out_size"][i] - 1) * a["stride"][i] + k[i] - a["in_size"][i]) for i in range(2)]
+    if any(right):
+        x = ctx.node("Pad", [x, ctx.ints([0, 0, 0, 0, 0, 0, right[0], right[1]])])[0]
+    attrs = dict(kernel_shape=k, strides=a["stride"])
+    total = ctx.const(area, "area")
+    num = ctx.node("Mul", [ctx.node("AveragePool", [ctx.node("Mul", [x, x])[0]], **attrs)[0], total])[0]
+    den = ctx.node("Mul", [ctx.node("AveragePool", [x], **attrs)[0], total])[0]
+    den = ctx.node("Add", [den, ctx.const(FLT_MIN, "flt_min")])[0]
+    ratio = ctx.node("Div", [num, den])[0]
+    ctx.node("Slice", [ratio, ctx.ints([0, 0]), ctx.ints(a["out_size"]), ctx.ints([2, 3])], [out])
+
+
 def emit_pool(ctx, x: str, out: str, a: dict) -> None:
     """ONNX nodes for one Caffe pooling window set (explicit pads, floor mode, AVE divisor map)."""
+    if a["method"] == "STOCHASTIC":
+        emit_stochastic(ctx, x, out, a)
+        return
     pads = [pool_pads(a["in_size"][i], a["kernel"][i], a["stride"][i], a["pad"][i], a["out_size"][i]) for i in range(2)]
     if any(p[1] for p in pads):
         ends = [a["in_size"][i] - pads[i][1] for i in range(2)]
@@ -55,10 +77,7 @@ def emit_pool(ctx, x: str, out: str, a: dict) -> None:
             avg = ctx.node("AveragePool", [x], **attrs)[0]
             ctx.node("Mul", [avg, ctx.const(scale, "divisor")], [out])
         return
-    sq = ctx.node("Mul", [x, x])[0]
-    num = ctx.node("AveragePool", [sq], **attrs)[0]
-    den = ctx.node("AveragePool", [x], **attrs)[0]
-    ctx.node("Div", [num, den], [out])
+    raise ValueError(f"unknown pooling method {a['method']}")
 
 
 @register_layer("Pooling")
