@@ -17,6 +17,7 @@ from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
+from prototxt.fileio import umask_mode
 from prototxt.graph import Graph
 
 from .plan import ModuleSpec, Plan, nn_source, plan
@@ -254,6 +255,7 @@ def export_folder(graph: Graph, folder: str | os.PathLike, state: Optional[Mappi
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".", suffix=".partial", dir=parent)
+    os.chmod(tmp, umask_mode(0o777))
     try:
         with open(os.path.join(tmp, "model.py"), "w", encoding="utf-8") as f:
             f.write(source)

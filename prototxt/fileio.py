@@ -8,12 +8,21 @@ from contextlib import contextmanager
 from typing import IO, Iterator
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` less the process umask: what ``open`` or ``mkdir`` would give (tempfile's 0600/0700 would
+    otherwise survive the rename and leave outputs unreadable to the user's group)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mode & ~mask
+
+
 @contextmanager
 def atomic_path(path: os.PathLike | str) -> Iterator[str]:
     """A temp path beside ``path`` to write to; it replaces ``path`` when the block succeeds."""
     path = os.fspath(path)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
                                dir=os.path.dirname(os.path.abspath(path)))
+    os.fchmod(fd, umask_mode(0o666))
     os.close(fd)
     try:
         yield tmp
