@@ -227,16 +227,21 @@ class Elementwise(CaffeModule):
         if op == "Power":
             y = x * a["scale"] + a["shift"] if (a["scale"] != 1 or a["shift"] != 0) else x
             return y if a["power"] == 1 else torch.pow(y, a["power"])
-        if op == "Exp":
-            y = x * a["scale"] + a["shift"]
-            return torch.exp(y) if a["base"] == -1 else torch.exp(y * math.log(a["base"]))
-        if op == "Log":
-            y = torch.log(x * a["scale"] + a["shift"])
-            return y if a["base"] == -1 else y / math.log(a["base"])
+        if op == "Exp":  # Caffe: base^shift * exp(ln(base)*scale * x), the two factors apart
+            base, shift = a["base"], a["shift"]
+            inner = (1.0 if base == -1 else math.log(base)) * a["scale"]
+            f32 = torch.tensor(shift, dtype=torch.float32)  # base^shift in float, inf where Caffe's is
+            outer = 1.0 if shift == 0 else float(torch.exp(f32) if base == -1 else torch.float_power(base, f32).float())
+            y = torch.exp(x * inner if inner != 1 else x)
+            return y * outer if outer != 1 else y
+        if op == "Log":  # Caffe: log(scale*x + shift) * (1/ln(base))
+            y = x * a["scale"] if a["scale"] != 1 else x
+            y = torch.log(y + a["shift"] if a["shift"] != 0 else y)
+            return y if a["base"] == -1 else y * (1.0 / math.log(a["base"]))
         if op == "Threshold":
             return (x > a["threshold"]).to(x.dtype)
-        if op == "Clip":
-            return torch.clamp(x, a["min"], a["max"])
+        if op == "Clip":  # max(min, min(x, max)): all `min` when min > max, as Caffe
+            return torch.clamp(torch.clamp(x, max=a["max"]), min=a["min"])
         if op == "Swish":
             return x * torch.sigmoid(a["beta"] * x)
         raise ValueError(op)
@@ -285,8 +290,8 @@ class Scale(CaffeModule):
 
     def __init__(self, axis, shape, has_weight, bias):
         super().__init__(axis=axis, shape=shape, has_weight=has_weight, bias=bias)
-        self.weight = nn.Parameter(torch.ones(*shape)) if has_weight else None
-        self.bias = nn.Parameter(torch.empty(*shape)) if bias else None
+        self.weight = nn.Parameter(torch.ones(tuple(shape))) if has_weight else None
+        self.bias = nn.Parameter(torch.empty(tuple(shape))) if bias else None
 
     def forward(self, x, *operand):
         a = self.args
@@ -294,6 +299,18 @@ class Scale(CaffeModule):
         w = operand[0] if operand else self.weight
         y = x * w.reshape(view) if w is not None else x
         return y + self.bias.reshape(view) if self.bias is not None else y
+
+
+class Bias(CaffeModule):
+    """y = x + beta, beta a parameter or the second bottom, broadcast from `axis`."""
+
+    def __init__(self, axis, shape, own):
+        super().__init__(axis=axis, shape=shape, own=own)
+        self.bias = nn.Parameter(torch.empty(tuple(shape))) if own else None
+
+    def forward(self, x, *operand):
+        b = operand[0] if operand else self.bias
+        return x + b.reshape(_bshape(x.dim(), self.args["axis"], self.args["shape"]))
 
 
 class Eltwise(CaffeModule):
@@ -385,7 +402,9 @@ class MVN(CaffeModule):
 
     def forward(self, x):
         a = self.args
-        dims = tuple(range(1 if a["across_channels"] else 2, x.dim()))
+        if x.dim() < 4:  # Caffe's MVN works on (num, channels, height, width); missing axes are 1
+            x = x.reshape(list(x.shape) + [1] * (4 - x.dim()))
+        dims = (1, 2, 3) if a["across_channels"] else (2, 3)
         y = x - x.mean(dim=dims, keepdim=True)
         if a["normalize_variance"]:
             y = y / (torch.sqrt((y * y).mean(dim=dims, keepdim=True)) + a["eps"])
@@ -411,13 +430,18 @@ class ArgMax(CaffeModule):
     def __init__(self, axis, top_k, out_max_val):
         super().__init__(axis=axis, top_k=top_k, out_max_val=out_max_val)
 
+    @staticmethod
+    def _top(x, k, dim):
+        """Caffe sorts (value, index) pairs in descending order: of equal values, the highest index first."""
+        values, idx = torch.sort(x.flip(dim), dim=dim, descending=True, stable=True)
+        return values.narrow(dim, 0, k), (x.shape[dim] - 1 - idx.narrow(dim, 0, k))
+
     def forward(self, x):
         a = self.args
         if a["axis"] is not None:
-            values, idx = torch.topk(x, a["top_k"], dim=a["axis"])
+            values, idx = self._top(x, a["top_k"], a["axis"])
             return values if a["out_max_val"] else idx.to(x.dtype)
-        flat = x.flatten(1)
-        values, idx = torch.topk(flat, a["top_k"], dim=1)
+        values, idx = self._top(x.flatten(1), a["top_k"], 1)
         out = torch.stack([idx.to(x.dtype), values], 1) if a["out_max_val"] else idx.to(x.dtype).unsqueeze(1)
         return out.reshape(list(out.shape) + [1] * (x.dim() - 3))
 
@@ -446,7 +470,7 @@ class Embed(CaffeModule):
 class Parameter(CaffeModule):
     def __init__(self, shape):
         super().__init__(shape=shape)
-        self.weight = nn.Parameter(torch.empty(*shape))
+        self.weight = nn.Parameter(torch.empty(tuple(shape)))
 
     def forward(self):
         return self.weight

@@ -106,6 +106,6 @@ def run(module: torch.nn.Module, inputs) -> dict[str, np.ndarray]:
     """Run a converted module on numpy inputs; returns {Caffe output name: array}."""
     with torch.no_grad():
         out = module(*[torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in inputs])
-    if isinstance(out, dict):
-        return {k: v.numpy() for k, v in out.items()}
-    return {module.output_names[0]: out.numpy()}
+    if isinstance(out, dict):  # detach: a Parameter layer's top is its parameter itself
+        return {k: v.detach().numpy() for k, v in out.items()}
+    return {module.output_names[0]: out.detach().numpy()}

@@ -100,7 +100,16 @@ def same_shape(layer: LayerParameter, bottoms: list[Shape]) -> ShapeResult:
 
 
 register_shape_rule("ReLU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log", "Threshold", "Clip",
-                    "Swish", "ELU", "Dropout", "LRN", "MVN", "Softmax")(same_shape)
+                    "Swish", "ELU", "Dropout", "LRN", "Softmax")(same_shape)
+
+
+@register_shape_rule("MVN")
+def _mvn(layer, bottoms):
+    """Caffe reshapes MVN's top with the legacy num/channels/height/width: 4 axes, missing ones 1."""
+    x = tuple(bottoms[0])
+    if len(x) > 4:
+        fail(layer, f"MVN takes at most 4 axes (num, channels, height, width), got {_fmt([x])}")
+    return ShapeResult([x + (1,) * (4 - len(x))])
 
 
 @register_shape_rule("Split")
@@ -362,9 +371,7 @@ def _scale_like(layer, bottoms, p, has_own_bias: bool) -> ShapeResult:
         operand = tuple(bottoms[1])
         params = [operand] if has_own_bias else []
     else:
-        axis = canonical_axis(layer, p.axis, len(x), extra=1) if p.num_axes == -1 or True else 0
-        if axis > len(x):
-            fail(layer, f"axis {p.axis} is out of range")
+        axis = canonical_axis(layer, p.axis, len(x))
         end = len(x) if p.num_axes == -1 else axis + p.num_axes
         if p.num_axes < -1 or end > len(x):
             fail(layer, f"num_axes {p.num_axes} from axis {axis} does not fit a {len(x)}-axis input")

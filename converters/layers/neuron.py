@@ -41,6 +41,15 @@ def slope_n(layer) -> int:
     return int(np.asarray(layer.blobs[0]).size)
 
 
+def exp_factors(base: float, scale: float, shift: float) -> tuple[float, float]:
+    """Caffe's Exp as outer * exp(inner * x): (inner, outer) = (ln(base)*scale, base^shift)."""
+    inner = (1.0 if base == -1 else math.log(base)) * scale
+    with np.errstate(over="ignore"):  # base^shift in float: inf where Caffe's is
+        outer = 1.0 if shift == 0 else float(np.exp(np.float32(shift)) if base == -1 else
+                                             np.float32(np.float64(base) ** np.float64(shift)))
+    return inner, outer
+
+
 def _params(layer) -> tuple[str, dict]:
     t, p = layer.type, layer.proto
     if t == "ELU":
@@ -78,7 +87,11 @@ class Elementwise(LayerImpl):
             gt = ctx.node("Greater", [x, ctx.const(np.float32(a["threshold"]), "threshold")])[0]
             ctx.node("Cast", [gt], [y], to=1)
         elif op == "Clip":
-            ctx.node("Clip", [x, ctx.const(np.float32(a["min"]), "min"), ctx.const(np.float32(a["max"]), "max")], [y])
+            lo, hi = ctx.const(np.float32(a["min"]), "min"), ctx.const(np.float32(a["max"]), "max")
+            if a["min"] <= a["max"]:
+                ctx.node("Clip", [x, lo, hi], [y])
+            else:  # Caffe's max(min, min(x, max)) is `min` everywhere; ONNX Clip would give `max`
+                ctx.node("Max", [ctx.node("Min", [x, hi])[0], lo], [y])
         elif op == "Swish":
             bx = x if a["beta"] == 1 else ctx.node("Mul", [x, ctx.const(np.float32(a["beta"]), "beta")])[0]
             ctx.node("Mul", [x, ctx.node("Sigmoid", [bx])[0]], [y])
@@ -86,9 +99,22 @@ class Elementwise(LayerImpl):
             self._affine_then(ctx, op, a, x, y)
 
     @staticmethod
+    def _exp(ctx, a, x, y):
+        """Caffe's Exp: outer * exp(inner * x), inner = ln(base)*scale, outer = base^shift."""
+        inner, outer = (float(np.float32(v)) for v in exp_factors(a["base"], a["scale"], a["shift"]))
+        z = ctx.node("Mul", [x, ctx.const(np.float32(inner), "inner_scale")])[0] if inner != 1 else x
+        if outer == 1:
+            ctx.node("Exp", [z], [y])
+        else:
+            ctx.node("Mul", [ctx.node("Exp", [z])[0], ctx.const(np.float32(outer), "outer_scale")], [y])
+
+    @staticmethod
     def _affine_then(ctx, op, a, x, y):
-        """Power / Exp / Log: f(shift + scale * x)."""
-        last = {"Power": a.get("power") == 1, "Exp": False, "Log": False}[op]
+        """Power / Log: f(shift + scale * x)."""
+        if op == "Exp":
+            Elementwise._exp(ctx, a, x, y)
+            return
+        last = {"Power": a.get("power") == 1, "Log": False}[op]
         z = x
         if a["scale"] != 1:
             z = ctx.node("Mul", [z, ctx.const(np.float32(a["scale"]), "scale")], [y] if last and a["shift"] == 0 else None)[0]
@@ -99,16 +125,11 @@ class Elementwise(LayerImpl):
                 ctx.node("Pow", [z, ctx.const(np.float32(a["power"]), "power")], [y])
             elif z == x:
                 ctx.node("Identity", [x], [y])
-        elif op == "Exp":
-            if a["base"] != -1:
-                z = ctx.node("Mul", [z, ctx.const(np.float32(math.log(a["base"])), "ln_base")])[0]
-            ctx.node("Exp", [z], [y])
+        elif a["base"] == -1:
+            ctx.node("Log", [z], [y])
         else:
-            if a["base"] == -1:
-                ctx.node("Log", [z], [y])
-            else:
-                ln = ctx.node("Log", [z])[0]
-                ctx.node("Div", [ln, ctx.const(np.float32(math.log(a["base"])), "ln_base")], [y])
+            ln = ctx.node("Log", [z])[0]
+            ctx.node("Mul", [ln, ctx.const(np.float32(1.0 / math.log(a["base"])), "base_scale")], [y])
 
 
 @register_layer("Dropout")

@@ -63,7 +63,7 @@ def scale_geometry(layer, graph, param) -> tuple[int, list[int]]:
     shape = shape_of(layer, graph)
     if len(layer.bottoms) > 1:
         return canonical(param.axis, len(shape)), list(shape_of(layer, graph, 1))
-    axis = param.axis + len(shape) if param.axis < 0 else param.axis
+    axis = canonical(param.axis, len(shape))
     end = len(shape) if param.num_axes == -1 else axis + param.num_axes
     return axis, list(shape[axis:end])
 
@@ -106,7 +106,7 @@ class Bias(LayerImpl):
     def torch(self, layer, graph):
         axis, shape = scale_geometry(layer, graph, layer.proto.bias_param)
         own = len(layer.bottoms) == 1
-        return nn_specs().Scale(axis, shape, False, own), (["bias"] if own else [])
+        return nn_specs().Bias(axis, shape, own), (["bias"] if own else [])
 
     def onnx(self, layer, ctx):
         axis, shape = scale_geometry(layer, ctx.graph, layer.proto.bias_param)
@@ -180,9 +180,11 @@ class MVN(LayerImpl):
 
     def onnx(self, layer, ctx):
         a = self._args(layer)
-        n = len(shape_of(layer, ctx))
-        axes = list(range(1 if a["across_channels"] else 2, n))
+        shape = shape_of(layer, ctx)
+        axes = [1, 2, 3] if a["across_channels"] else [2, 3]
         x, y = layer.bottoms[0], layer.tops[0]
+        if len(shape) < 4:  # Caffe's MVN works on (num, channels, height, width); missing axes are 1
+            x = ctx.node("Reshape", [x, ctx.ints([-1, *shape[1:]] + [1] * (4 - len(shape)))])[0]
         mean = ctx.node("ReduceMean", [x, ctx.ints(axes, "axes")], keepdims=1)[0]
         centred = ctx.node("Sub", [x, mean], None if a["normalize_variance"] else [y])[0]
         if a["normalize_variance"]:

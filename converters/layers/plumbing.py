@@ -180,20 +180,24 @@ class ArgMax(LayerImpl):
     def torch(self, layer, graph):
         return nn_specs().ArgMax(**self._args(layer, graph)), []
 
+    @staticmethod
+    def _top(ctx, x, k, axis: int, size: int):
+        """(values, float indices) of Caffe's top k: of equal values the highest index first. ONNX TopK
+        puts the lowest index first, so it runs on the input reversed along the axis."""
+        rev = ctx.node("Slice", [x, ctx.ints([-1]), ctx.ints([-2**63]), ctx.ints([axis]), ctx.ints([-1])])[0]
+        values, idx = ctx.node("TopK", [rev, ctx.ints([k], "k")], [ctx.tmp("values"), ctx.tmp("indices")], axis=axis)
+        idx = ctx.node("Sub", [ctx.ints([size - 1], "last"), idx])[0]
+        return values, ctx.node("Cast", [idx], to=1)[0]
+
     def onnx(self, layer, ctx):
         a = self._args(layer, ctx.graph)
-        x = layer.bottoms[0]
-        k = ctx.ints([a["top_k"]], "k")
+        x, shape = layer.bottoms[0], shape_of(layer, ctx)
         if a["axis"] is not None:
-            values, idx = ctx.node("TopK", [x, k], [ctx.tmp("values"), ctx.tmp("indices")], axis=a["axis"])
-            if a["out_max_val"]:
-                ctx.node("Identity", [values], [layer.tops[0]])
-            else:
-                ctx.node("Cast", [idx], [layer.tops[0]], to=1)
+            values, idx = self._top(ctx, x, a["top_k"], a["axis"], shape[a["axis"]])
+            ctx.node("Identity", [values if a["out_max_val"] else idx], [layer.tops[0]])
             return
         flat = ctx.node("Flatten", [x], axis=1)[0]
-        values, idx = ctx.node("TopK", [flat, k], [ctx.tmp("values"), ctx.tmp("indices")], axis=1)
-        idx = ctx.node("Cast", [idx], to=1)[0]
+        values, idx = self._top(ctx, flat, a["top_k"], 1, int(np.prod(shape[1:])))
         parts = [idx, values] if a["out_max_val"] else [idx]
         parts = [ctx.node("Unsqueeze", [p, ctx.ints([1], "axis")])[0] for p in parts]
         stacked = ctx.node("Concat", parts, axis=1)[0] if len(parts) > 1 else parts[0]
