@@ -289,8 +289,11 @@ class CaffeSolver(torch.optim.Optimizer):
 
     Drive it like Caffe's Step: zero_grad(); iter_size forward/backward passes (torch sums the grads
     as Caffe sums diffs); apply_update(). A missing grad counts as zeros (Caffe still decays it and
-    moves its momentum). Params with lr_mult 0 are never read or written, and stay out of the
-    clipping norm (Caffe never computes their diffs); their history stays as loaded (zeros).
+    moves its momentum). As in Caffe, every param goes through the update, lr_mult 0 ones included:
+    a grad they have counts in the clipping norm (Caffe computes the diff of a frozen blob that a
+    training layer shares), and the adaptive solvers' histories move with the weight decay while the
+    step (local rate 0) leaves the weights as they are. SGD and Nesterov skip a frozen param whose
+    history is zero, which changes nothing.
     """
 
     def __init__(self, params: Sequence[LearnableParam], cfg: SolverConfig) -> None:
@@ -336,6 +339,13 @@ class CaffeSolver(torch.optim.Optimizer):
     def _live_groups(self) -> list[dict]:
         return [g for g in self.param_groups if g["lr_mult"] != 0]
 
+    def _updated_groups(self) -> list[dict]:
+        """The params ApplyUpdate changes anything of: all but frozen SGD/Nesterov params whose history
+        is zero (local rate 0: momentum * 0 + 0 * diff stays 0, and so does the step)."""
+        if self.cfg.type not in ("SGD", "Nesterov"):
+            return list(self.param_groups)
+        return [g for g in self.param_groups if g["lr_mult"] != 0 or self.state.get(g["params"][0])]
+
     def lr(self) -> float:
         """The rate the next apply_update will use (GetLearningRate, without advancing current_step)."""
         return learning_rate(self.cfg, self._iter, self._current_step).rate
@@ -345,12 +355,13 @@ class CaffeSolver(torch.optim.Optimizer):
     def apply_update(self) -> float:
         """Caffe's ApplyUpdate on the accumulated .grad; returns the rate it used. .grad is left as is."""
         rate, self._current_step = learning_rate(self.cfg, self._iter, self._current_step)
-        groups = self._live_groups()
-        params = [g["params"][0] for g in groups]
-        grads = [self._grad(p) for p in params]
-        grads = self._clip(grads)
+        # ClipGradients sums every learnable blob's diff; one nobody computed is zero and adds nothing
+        with_grad = [g["params"][0] for g in self.param_groups if g["params"][0].grad is not None]
+        clipped = dict(zip(map(id, with_grad), self._clip([self._grad(p) for p in with_grad])))
         rule = _UPDATE_RULES[self.cfg.type]
-        for group, p, g in zip(groups, params, grads):
+        for group in self._updated_groups():
+            p = group["params"][0]
+            g = clipped[id(p)] if id(p) in clipped else torch.zeros_like(p)
             g = self._normalize(g)
             g = self._regularize(g, p, group["decay_mult"])
             scalars = _Scalars(float(_f32(rate) * _f32(group["lr_mult"])), float(_f32(self.cfg.momentum)),

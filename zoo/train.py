@@ -305,13 +305,26 @@ def tensor_at(module: torch.nn.Module, key: str) -> torch.Tensor:
     return getattr(module.get_submodule(owner) if owner else module, attr)
 
 
+def _own_lr_mult(layer, i: int) -> float:
+    """The lr_mult a layer itself gives its blob i (Caffe's param_propagate_down is this != 0)."""
+    if layer.type == "BatchNorm":
+        return 0.0  # BatchNormLayer masks its statistics with lr_mult 0
+    proto = layer.proto.param
+    return proto[i].lr_mult if i < len(proto) and proto[i].HasField("lr_mult") else 1.0
+
+
 def learnable_params(net: Net) -> list[LearnableParam]:
     """Caffe's learnable_params_: one per distinct blob, in net order (a shared blob at its owner's place),
     with the effective lr_mult/decay_mult. BatchNorm's statistics are learnable params with lr_mult 0, as in
-    Caffe, so that a .solverstate lists the same blobs; the solver never touches them (forward updates them).
-    Blobs with lr_mult 0 get no gradient at all (Caffe's param_propagate_down is false)."""
-    params: list[LearnableParam] = []
-    seen: set[int] = set()
+    Caffe, so that a .solverstate lists the same blobs; the solver never changes them (forward updates them).
+
+    Gradients follow Caffe's param_propagate_down, which each layer sets from its OWN lr_mult: a blob gets
+    no gradient when every layer using it gives it lr_mult 0; a shared blob that one layer trains and
+    another freezes gets the gradient of the training layers only (the freezing layer uses a detached
+    alias of the same storage), and it counts in the clipping norm even when the blob's effective lr_mult
+    (its owner's) is 0."""
+    canonical: dict[tuple[str, int], torch.Tensor] = {}
+    uses: dict[int, list[tuple[str, str, float]]] = {}  # id(blob) -> (layer, key, own lr_mult)
     for layer in net.graph.layers:
         for i, key in enumerate(net.module.blob_keys.get(layer.name, [])):
             spec = layer.params[i] if i < len(layer.params) else None
@@ -323,7 +336,27 @@ def learnable_params(net: Net) -> list[LearnableParam]:
                                      f"{tuple(tensor.shape)} but its owner '{spec.owner}' has "
                                      f"{tuple(tensor_at(net.module, owner_key).shape)}; zoo train shares "
                                      f"same-shape blobs only")
+            canonical[(layer.name, i)] = tensor
+            uses.setdefault(id(tensor), []).append((layer.name, key, _own_lr_mult(layer, i)))
+    blobs = {id(t): t for t in canonical.values()}
+    for blob_id, users in uses.items():
+        tensor = blobs[blob_id]
+        if not isinstance(tensor, torch.nn.Parameter):
+            continue
+        trained = any(own != 0 for _, _, own in users)
+        tensor.requires_grad_(trained)
+        for _, key, own in users if trained else ():
+            if own == 0:  # this layer's part of the gradient is not computed: a detached alias
+                owner, _, attr = key.rpartition(".")
+                setattr(net.module.get_submodule(owner), attr, torch.nn.Parameter(tensor.detach(), requires_grad=False))
+    params: list[LearnableParam] = []
+    seen: set[int] = set()
+    for layer in net.graph.layers:
+        for i, key in enumerate(net.module.blob_keys.get(layer.name, [])):
+            spec = layer.params[i] if i < len(layer.params) else None
+            if spec is not None and spec.owner is not None:
                 continue
+            tensor = canonical[(layer.name, i)]
             if id(tensor) in seen:
                 continue
             seen.add(id(tensor))
@@ -335,8 +368,6 @@ def learnable_params(net: Net) -> list[LearnableParam]:
                 lr_mult = 0.0
             if not isinstance(tensor, torch.nn.Parameter):
                 lr_mult = 0.0
-            elif lr_mult == 0:
-                tensor.requires_grad_(False)
             params.append(LearnableParam(tensor, lr_mult, decay_mult, f"{layer.name}/{i}"))
     if not params:
         raise TrainError(f"{net.source}: the net has no learnable blobs; nothing to train")

@@ -219,6 +219,52 @@ def test_learnable_params_list_shared_blobs_once_and_batchnorm_statistics_as_fro
     assert all(p.lr_mult == 0 for p in bn)
 
 
+def test_a_frozen_blob_that_a_training_layer_shares_gets_that_layers_gradient(tmp_path, monkeypatch):
+    """Caffe sets param_propagate_down from each layer's OWN lr_mult: with the owner conv_a freezing the
+    shared blobs (lr_mult 0) and the sharer conv_b naming them only (default 1), the shared diff is conv_b's
+    part alone, ClipGradients counts it, and the blobs stay (effective lr_mult 0). The same net with
+    conv_b unshared and trained (same initial values) has exactly that diff: every other blob must agree."""
+    _case_or_skip("sgd_shared_params")
+    from prototxt import caffe_pb2
+
+    from zoo.train import train
+    case = CASES_DIR / "sgd_shared_params"
+    text = (case / "train.prototxt").read_text()
+    frozen_owner = text.replace('param { name: "shared_w" lr_mult: 1 decay_mult: 1 } param { name: "shared_b" '
+                                'lr_mult: 2 decay_mult: 0 }', 'param { name: "shared_w" lr_mult: 0 } '
+                                'param { name: "shared_b" lr_mult: 0 }')
+    unshared = frozen_owner.replace('param { name: "shared_w" lr_mult: 0 } param { name: "shared_b" lr_mult: 0 }',
+                                    'param { lr_mult: 0 } param { lr_mult: 0 }')
+    unshared = unshared.replace('param { name: "shared_w" } param { name: "shared_b" }',
+                                'param { lr_mult: 1 } param { lr_mult: 1 }')
+    assert frozen_owner != text and unshared.count('name: "shared_') == 0
+    model = caffe_pb2.NetParameter()
+    model.ParseFromString((case / "init.caffemodel").read_bytes())
+    copy = model.layer.add()
+    copy.CopyFrom(next(l for l in model.layer if l.name == "conv_a"))
+    copy.name = "conv_b"
+    (tmp_path / "b.caffemodel").write_bytes(model.SerializeToString())
+    solver = (case / "solver.prototxt").read_text().replace("max_iter: 12", "max_iter: 1")  # then conv_b moves
+    results = {}
+    for name, net, weights in (("shared", frozen_owner, case / "init.caffemodel"),
+                               ("unshared", unshared, tmp_path / "b.caffemodel")):
+        (tmp_path / f"{name}.prototxt").write_text(net)
+        (tmp_path / f"{name}_solver.prototxt").write_text(
+            solver.replace('net: "train.prototxt"', f'net: "{name}.prototxt"') + "clip_gradients: 0.5\n")
+        monkeypatch.chdir(tmp_path)
+        results[name] = train(f"{name}_solver.prototxt", weights=str(weights), feed=str(case / "batches.npz"),
+                              device="cpu")
+    shared, unshared_run = (results[k] for k in ("shared", "unshared"))
+    assert float(shared.solver.last_grad_norm) == float(unshared_run.solver.last_grad_norm)
+    assert float(shared.solver.last_grad_norm) > 0.5  # the clip fires, so the norm shapes every update
+    got, want = shared.module.state_dict(), unshared_run.module.state_dict()
+    for key in ("ip2.weight", "ip2.bias"):
+        assert torch.equal(got[key], want[key]), key
+    start = _blobs(case / "init.caffemodel")
+    np.testing.assert_array_equal(got["conv_a.weight"].numpy(), start["conv_a/0"].reshape(got["conv_a.weight"].shape))
+    assert got["conv_b.weight"].data_ptr() == got["conv_a.weight"].data_ptr()
+
+
 # -- data layers ---------------------------------------------------------------------------------
 
 NET = """
