@@ -483,10 +483,13 @@ class WeightsReport:
         return out
 
 
-def fit_blob(stored: np.ndarray, legacy: bool, target: Shape) -> Optional[np.ndarray]:
-    """The stored array in the target shape if Caffe would accept it (legacy 4-D dims right-aligned)."""
+def fit_blob(stored: np.ndarray, legacy: bool, target: Shape, shapeless: bool = False) -> Optional[np.ndarray]:
+    """The stored array in the target shape if Caffe would accept it (legacy 4-D dims right-aligned; a
+    blob stored without any shape, which Caffe reads as a scalar, fits any target of its size)."""
     if tuple(stored.shape) == tuple(target):
         return stored
+    if shapeless and stored.size == math.prod(target):
+        return stored.reshape(target)
     if legacy and len(target) <= 4:
         padded = (1,) * (4 - len(target)) + tuple(target)
         if tuple(stored.shape) == padded:
@@ -506,31 +509,32 @@ def attach_weights(graph: Graph, weights: os.PathLike | str, strict: bool = True
     for layer in graph.layers:
         first_by_name.setdefault(layer.name, layer)
     matched, ignored = [], []
-    for s in stored:
+    order: dict[str, int] = {}  # net layer -> position in the file of the stored layer copied into it
+    for k, s in enumerate(stored):
         target = first_by_name.get(s.name)
         if target is None:
             if s.blobs:
                 ignored.append(s.name)
             continue
         expected = target.param_shapes
-        if not s.blobs and expected:
-            continue  # nothing stored for it: keeps its init (or its owner's, when shared)
-        if len(s.blobs) != len(expected):
+        if len(s.blobs) != len(expected):  # Caffe: CHECK_EQ, "Incompatible number of blobs" (0 stored too)
             raise WeightsError(f"{weights}: layer '{s.name}' stores {len(s.blobs)} blobs but the net's "
                                f"{target.type} layer needs {len(expected)} ({_shapes(expected)}); rename the layer "
                                f"in the prototxt to learn it from scratch")
         arrays = []
         for j, (blob, shape) in enumerate(zip(s.blobs, expected)):
-            fitted = fit_blob(blob.data, blob.legacy, shape)
+            fitted = fit_blob(blob.data, blob.legacy, shape, blob.shapeless)
             if fitted is None:
                 raise WeightsError(f"{weights}: layer '{s.name}' blob {j} has shape {_shapes([blob.shape])} but the "
                                    f"net needs {_shapes([shape])}; the weights do not fit this prototxt (rename the "
                                    f"layer to learn it from scratch)")
             arrays.append(fitted)
         target.blobs = arrays
+        if expected:
+            order[target.name] = k
         if s.name not in matched and expected:
             matched.append(s.name)
-    _share_blobs(graph)
+    _share_blobs(graph, order)
     missing = [l.name for l in graph.layers if l.param_shapes and not l.blobs]
     fill_missing(graph)
     report = WeightsReport(matched, missing, ignored, str(weights))
@@ -538,16 +542,23 @@ def attach_weights(graph: Graph, weights: os.PathLike | str, strict: bool = True
     return report
 
 
-def _share_blobs(graph: Graph) -> None:
-    """Layers sharing a param by name see one array: the last one written wins, as in Caffe."""
+def _share_blobs(graph: Graph, order: Optional[dict[str, int]] = None) -> None:
+    """Layers sharing a param by name see one array. Caffe shares the storage before copying the
+    caffemodel in, so of the owner's and the sharers' stored copies the one LAST in the file wins
+    (``order``: net layer -> position in the file of what was copied into it)."""
     by_name = {l.name: l for l in graph.layers}
+    order = order or {}
+    won: dict[tuple[str, int], int] = {}
     for layer in graph.layers:
         for i, spec in enumerate(layer.params):
             if spec.owner is None:
                 continue
             owner = by_name[spec.owner]
-            if layer.blobs and i < len(layer.blobs) and owner.blobs:
+            slot = (owner.name, spec.owner_index)
+            won.setdefault(slot, order.get(owner.name, -1))
+            if layer.blobs and i < len(layer.blobs) and owner.blobs and order.get(layer.name, -1) > won[slot]:
                 owner.blobs[spec.owner_index] = layer.blobs[i].reshape(owner.param_shapes[spec.owner_index])
+                won[slot] = order[layer.name]
     for layer in graph.layers:
         shared = [(i, s) for i, s in enumerate(layer.params) if s.owner is not None]
         if not shared:

@@ -154,7 +154,8 @@ def _per_axis(layer, values: Sequence[int], h: Optional[int], w: Optional[int], 
     return list(values)
 
 
-def conv_geometry(layer: LayerParameter, bottom: Shape) -> ConvGeometry:
+def conv_geometry(layer: LayerParameter, bottom: Shape, filters: bool = True) -> ConvGeometry:
+    """Caffe's BaseConvolutionLayer geometry; ``filters=False`` for Im2col, which has no num_output/group."""
     p = layer.convolution_param
     axis = canonical_axis(layer, p.axis, len(bottom))
     n = len(bottom) - axis - 1
@@ -173,6 +174,8 @@ def conv_geometry(layer: LayerParameter, bottom: Shape) -> ConvGeometry:
     if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride) or any(d <= 0 for d in dilation):
         fail(layer, f"kernel {kernel}, stride {stride} and dilation {dilation} must be positive")
     channels, group = bottom[axis], p.group
+    if not filters:
+        return ConvGeometry(axis, channels, kernel, stride, pad, dilation, 1, 0, False)
     if group <= 0 or channels % group or p.num_output % group:
         fail(layer, f"group {group} must divide both the input channels ({channels}) and num_output "
                     f"({p.num_output})")
@@ -221,7 +224,7 @@ def _deconvolution(layer, bottoms):
 
 @register_shape_rule("Im2col")
 def _im2col(layer, bottoms):
-    g = conv_geometry(layer, bottoms[0])
+    g = conv_geometry(layer, bottoms[0], filters=False)
     spatial = [_cdiv(s + 2 * g.pad[i] - (g.dilation[i] * (g.kernel[i] - 1) + 1), g.stride[i]) + 1
                for i, s in enumerate(bottoms[0][g.axis + 1:])]
     top = tuple(bottoms[0][:g.axis]) + (g.channels * math.prod(g.kernel),) + tuple(spatial)
@@ -248,8 +251,8 @@ def pool_geometry(layer: LayerParameter, bottom: Shape) -> PoolGeometry:
     if p.global_pooling:
         kernel, pad, stride = (height, width), (0, 0), (1, 1)
     else:
-        if p.HasField("kernel_size"):
-            if p.HasField("kernel_h") or p.HasField("kernel_w"):
+        if p.HasField("kernel_size"):  # Caffe's check is kernel_size XOR (kernel_h AND kernel_w)
+            if p.HasField("kernel_h") and p.HasField("kernel_w"):
                 fail(layer, "give either kernel_size or kernel_h/kernel_w, not both")
             kernel = (p.kernel_size, p.kernel_size)
         elif p.HasField("kernel_h") and p.HasField("kernel_w"):

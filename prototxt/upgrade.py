@@ -270,10 +270,11 @@ def upgrade_input(net: NetParameter) -> NetParameter:
     out = NetParameter()
     out.CopyFrom(net)
     if net.input_shape or net.input_dim:
-        if net.input_shape and len(net.input_shape) != len(net.input):
+        # Caffe reads one input_shape (or 4 input_dim values) per input and ignores any beyond
+        if net.input_shape and len(net.input_shape) < len(net.input):
             raise GraphError(f"net '{net.name}': {len(net.input)} inputs but {len(net.input_shape)} input_shape "
                              f"entries; give one input_shape per input")
-        if not net.input_shape and len(net.input_dim) != 4 * len(net.input):
+        if not net.input_shape and len(net.input_dim) < 4 * len(net.input):
             raise GraphError(f"net '{net.name}': {len(net.input)} inputs need {4 * len(net.input)} input_dim "
                              f"values, found {len(net.input_dim)}; give 4 (N, C, H, W) per input")
         layer = caffe_pb2.LayerParameter(name="input", type="Input")

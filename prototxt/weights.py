@@ -34,6 +34,7 @@ _MAX_DIM = 1 << 40  # no real blob axis comes near this; larger means a corrupt 
 class StoredBlob:
     data: np.ndarray            # already shaped
     legacy: bool = False        # shape came from num/channels/height/width
+    shapeless: bool = False     # neither shape nor legacy dims were stored (the data read as a vector)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -173,11 +174,14 @@ class _Reader:
         data = np.concatenate(doubles) if doubles else (np.concatenate(floats) if len(floats) != 1 else floats[0])
         if not doubles and not floats:
             data = np.empty(0, dtype="<f4")
-        is_legacy = dims is None
-        if dims is None:
+        # Blob::FromProto: any of num/channels/height/width set -> those 4 dims (unset ones 0), even
+        # beside a shape; else the shape, which may have no axes (a scalar: PReLU's shared slope)
+        is_legacy = bool(legacy)
+        if legacy:
             dims = [legacy.get(k, 0) for k in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH)]
-            if not legacy and data.size:
-                dims = [data.size]  # neither shape nor legacy dims: a flat vector
+        shapeless = not legacy and dims is None
+        if shapeless:  # Caffe would read a scalar; a vector that fits the layer is read leniently
+            dims = [data.size]
         if any(d < 0 or d > _MAX_DIM for d in dims):
             raise WeightsError(f"{self.path}: layer '{context}': blob dimension {dims} is negative or absurd; "
                                f"the file is corrupt")
@@ -185,7 +189,7 @@ class _Reader:
         if count != data.size:
             raise WeightsError(f"{self.path}: layer '{context}': blob shape {tuple(dims)} needs {count} values "
                                f"but {data.size} are stored; the file is truncated or corrupt")
-        return StoredBlob(data.reshape(dims), legacy=is_legacy)
+        return StoredBlob(data.reshape(dims), legacy=is_legacy, shapeless=shapeless)
 
     def shape(self, start: int, end: int, context: str) -> list[int]:
         dims: list[int] = []

@@ -1,0 +1,116 @@
+"""Corners of Caffe's loading rules that real nets rarely hit, each as Caffe's C++ decides it:
+Im2col needs no num_output; Net::CopyTrainedLayersFrom's blob-count check (0 stored blobs included);
+Blob::FromProto's legacy dims winning over a shape; shared blobs taking the copy LAST in the file;
+UpgradeNetInput ignoring surplus input_dim/input_shape entries; Pooling's kernel_size XOR
+(kernel_h AND kernel_w) check."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prototxt import WeightsError, caffe_pb2, load_net
+
+INPUT = 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }\n'
+
+
+def _net(tmp_path, body: str, head: str = INPUT) -> str:
+    path = tmp_path / "net.prototxt"
+    path.write_text('name: "t"\n' + head + body)
+    return str(path)
+
+
+def _caffemodel(tmp_path, layers) -> str:
+    """layers: [(name, type, [(array, how)])], how: "shape", "legacy", "both" or "none"."""
+    net = caffe_pb2.NetParameter()
+    for name, type_, blobs in layers:
+        layer = net.layer.add(name=name, type=type_)
+        for array, how in blobs:
+            blob = layer.blobs.add()
+            blob.data.extend(np.asarray(array, np.float32).ravel().tolist())
+            if how in ("shape", "both"):
+                blob.shape.dim.extend([int(np.asarray(array).size)] if how == "both" else np.shape(array))
+            if how in ("legacy", "both"):
+                legacy = (1,) * (4 - np.ndim(array)) + np.shape(array)
+                blob.num, blob.channels, blob.height, blob.width = legacy
+    path = tmp_path / "w.caffemodel"
+    path.write_bytes(net.SerializeToString())
+    return str(path)
+
+
+def test_im2col_reads_no_num_output(tmp_path):
+    head = 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+    graph = load_net(_net(tmp_path, 'layer { name: "i" type: "Im2col" bottom: "x" top: "y" '
+                                    'convolution_param { kernel_size: 3 } }\n', head))
+    assert graph.values["y"].shape == (1, 27, 6, 6)
+
+
+FC = 'layer { name: "fc" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 3 } }\n'
+
+
+def test_a_stored_layer_with_no_blobs_is_refused_as_caffe_does(tmp_path):
+    """CHECK_EQ(target_blobs.size(), source_layer.blobs_size()): 'Incompatible number of blobs'."""
+    with pytest.raises(WeightsError) as info:
+        load_net(_net(tmp_path, FC), _caffemodel(tmp_path, [("fc", "InnerProduct", [])]))
+    assert "'fc' stores 0 blobs" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_legacy_dims_win_over_a_shape(tmp_path):
+    """Blob::FromProto uses num/channels/height/width whenever one is set: (1,1,3,2) fits a 3x2 weight
+    even beside a flat shape {6}."""
+    w, b = np.arange(6).reshape(3, 2), np.arange(3)
+    graph = load_net(_net(tmp_path, FC), _caffemodel(tmp_path, [("fc", "InnerProduct", [(w, "both"), (b, "both")])]))
+    np.testing.assert_array_equal(graph.layer("fc").blobs[0], w)
+    np.testing.assert_array_equal(graph.layer("fc").blobs[1], b)
+
+
+def test_a_scalar_stored_without_any_shape(tmp_path):
+    """A channel-shared PReLU slope written with no shape: Caffe reads a 0-axis blob, which fits."""
+    body = 'layer { name: "p" type: "PReLU" bottom: "x" top: "y" prelu_param { channel_shared: true } }\n'
+    graph = load_net(_net(tmp_path, body), _caffemodel(tmp_path, [("p", "PReLU", [(np.float32(0.25), "none")])]))
+    assert graph.layer("p").blobs[0].shape == () and float(graph.layer("p").blobs[0]) == 0.25
+
+
+SHARED = ('layer { name: "a" type: "InnerProduct" bottom: "x" top: "ya" param { name: "w" } '
+          'inner_product_param { num_output: 1 bias_term: false } }\n'
+          'layer { name: "b" type: "InnerProduct" bottom: "x" top: "yb" param { name: "w" } '
+          'inner_product_param { num_output: 1 bias_term: false } }\n')
+
+
+@pytest.mark.parametrize("file_order, value", [(("a", "b"), 2.0), (("b", "a"), 1.0)])
+def test_shared_blobs_take_the_copy_last_in_the_file(tmp_path, file_order, value):
+    """Caffe shares the storage in Net::Init, then copies the caffemodel in file order: the last wins."""
+    values = {"a": 1.0, "b": 2.0}
+    stored = [(n, "InnerProduct", [(np.full((1, 2), values[n]), "shape")]) for n in file_order]
+    graph = load_net(_net(tmp_path, SHARED), _caffemodel(tmp_path, stored))
+    assert graph.layer("a").blobs[0].tolist() == [[value, value]]
+    assert graph.layer("b").blobs[0].tolist() == [[value, value]]
+
+
+@pytest.mark.parametrize("head, shape", [
+    ('input: "x"\ninput_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8 input_dim: 9\n', (1, 3, 8, 8)),
+    ('input: "x"\ninput_shape { dim: 1 dim: 3 }\ninput_shape { dim: 5 }\n', (1, 3)),
+])
+def test_surplus_input_dims_are_ignored(tmp_path, head, shape):
+    graph = load_net(_net(tmp_path, 'layer { name: "r" type: "ReLU" bottom: "x" top: "y" }\n', head))
+    assert graph.values["y"].shape == shape
+
+
+def test_too_few_input_dims_are_refused(tmp_path):
+    with pytest.raises(Exception) as info:
+        load_net(_net(tmp_path, 'layer { name: "r" type: "ReLU" bottom: "x" top: "y" }\n',
+                      'input: "x"\ninput_dim: 1 input_dim: 3\n'))
+    assert "input_dim" in str(info.value)
+
+
+def test_pooling_kernel_size_beside_kernel_h_alone(tmp_path):
+    """Caffe checks kernel_size XOR (kernel_h AND kernel_w): kernel_size with kernel_h alone passes and
+    kernel_size is used; with both kernel_h and kernel_w it is refused."""
+    head = 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 dim: 7 dim: 7 } } }\n'
+    graph = load_net(_net(tmp_path, 'layer { name: "p" type: "Pooling" bottom: "x" top: "y" '
+                                    'pooling_param { pool: MAX kernel_size: 3 kernel_h: 2 } }\n', head))
+    assert graph.values["y"].shape == (1, 3, 5, 5)
+    with pytest.raises(Exception) as info:
+        load_net(_net(tmp_path, 'layer { name: "p" type: "Pooling" bottom: "x" top: "y" '
+                                'pooling_param { pool: MAX kernel_size: 3 kernel_h: 2 kernel_w: 2 } }\n', head)
+                 ).require_shapes()
+    assert "not both" in str(info.value)
