@@ -9,6 +9,7 @@ verify.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -20,7 +21,7 @@ import numpy as np
 from prototxt.fileio import umask_mode
 from prototxt.graph import Graph
 
-from .plan import ModuleSpec, Plan, nn_source, plan
+from .plan import ModuleSpec, Plan, model_py_names, class_name, nn_source, plan
 
 # -- weights.pt ------------------------------------------------------------------------------------
 # PyTorch's format: a stored (uncompressed) zip; `<archive>/data.pkl` pickles the state dict with each
@@ -151,29 +152,38 @@ after the Caffe layers (see CAFFE_NAMES for the exact Caffe names).
 '''
 
 
-def _constructor(step) -> tuple[str, Optional[str]]:
-    """(the expression building the step's module, an import line it needs or None)."""
-    m = step.module
-    if isinstance(m, ModuleSpec):
-        return f"{m.cls}(**{m.args!r})", None
-    cls = type(m)
+def _user_class(step) -> tuple[str, str]:
+    """(module, top-level name) to import a user's module class from, or one clear error."""
+    cls = type(step.module)
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         raise ValueError(f"layer '{step.layer.name}' ({step.layer.type}): its module class {cls.__qualname__} is "
                          f"defined {'in __main__' if cls.__module__ == '__main__' else 'inside a function'}, "
                          f"so the exported model.py cannot import it; define it at the top level of a module")
-    args = getattr(m, "args", None)
-    return f"{cls.__qualname__}(**{(args or {})!r})", f"from {cls.__module__} import {cls.__qualname__.split('.')[0]}"
+    return cls.__module__, cls.__qualname__.split(".")[0]
 
 
 def generate_model_py(p: Plan, graph: Graph) -> str:
     modules = nn_source()
     modules = modules.split('"""', 2)[2].lstrip("\n") if modules.startswith('"""') else modules
+    imported: dict[tuple[str, str], str] = {}  # (module, name) -> the name model.py knows it by
     imports, inits = [], []
     for step in p.steps:
-        expr, line = _constructor(step)
-        if line and line not in imports:
-            imports.append(line)
-        inits.append(f"        self.{step.attr} = {expr}")
+        m = step.module
+        if isinstance(m, ModuleSpec):
+            inits.append(f"        self.{step.attr} = {m.cls}(**{m.args!r})")
+            continue
+        source, top = _user_class(step)
+        if (source, top) not in imported:  # never shadow the modules of nn.py or another import
+            local = top
+            while local in model_py_names() or local in imported.values():
+                local = local + "_" + re.sub(r"\W", "_", source)
+            imported[(source, top)] = local
+            imports.append(f"from {source} import {top}" + (f" as {local}" if local != top else ""))
+        rest = type(m).__qualname__.split(".", 1)[1:]
+        expr = ".".join([imported[(source, top)], *rest])
+        inits.append(f"        self.{step.attr} = {expr}(**{(getattr(m, 'args', None) or {})!r})")
+    cls = class_name(p.class_name, frozenset(imported.values()))
+    cls = class_name(p.class_name, frozenset(line.rsplit(" ", 1)[1] for line in imports))
     forward = [f"    def forward(self{''.join(', ' + v for v in p.input_vars)}):"]
     for step in p.steps:
         args = ", ".join(p.value_vars[b] for b in step.layer.bottoms)
@@ -192,7 +202,7 @@ def generate_model_py(p: Plan, graph: Graph) -> str:
     shapes = "; ".join(f"{graph.values[v].caffe_name} {tuple(graph.values[v].shape)}" for v in p.inputs)
     body = [
         _HEADER.format(name=graph.name or "net", inputs=", ".join(p.input_vars), input_desc=shapes or "none",
-                       output_desc=", ".join(p.output_names), cls=p.class_name),
+                       output_desc=", ".join(p.output_names), cls=cls),
         modules.rstrip(),
         *([""] + imports if imports else []),
         "",
@@ -200,7 +210,7 @@ def generate_model_py(p: Plan, graph: Graph) -> str:
         f"CAFFE_NAMES = {p.caffe_names!r}",
         "",
         "",
-        f"class {p.class_name}(nn.Module):",
+        f"class {cls}(nn.Module):",
         "    def __init__(self):",
         "        super().__init__()",
         *inits,
@@ -211,7 +221,7 @@ def generate_model_py(p: Plan, graph: Graph) -> str:
         "def load(weights=None, map_location=\"cpu\"):",
         "    \"\"\"The net in eval mode with its converted weights (weights.pt beside this file by default).\"\"\"",
         "    import os",
-        "    net = " + p.class_name + "()",
+        "    net = " + cls + "()",
         "    path = weights or os.path.join(os.path.dirname(os.path.abspath(__file__)), \"weights.pt\")",
         "    net.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))",
         "    return net.eval()",

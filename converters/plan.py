@@ -121,10 +121,27 @@ def identifier(name: str, taken: set[str]) -> str:
     return unique_name(base, taken)
 
 
-def class_name(name: str) -> str:
+@functools.lru_cache(maxsize=1)
+def model_py_names() -> frozenset[str]:
+    """Names model.py defines or imports beside the net's class (nn.py's classes, functions, imports)."""
+    names = {"CAFFE_NAMES", "load", "os"}
+    for node in ast.parse(nn_source()).body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return frozenset(names)
+
+
+def class_name(name: str, taken: frozenset[str] = frozenset()) -> str:
+    """The net's class in model.py: CamelCase of its name, never one of the names beside it (a net
+    called "crop" must not shadow the Crop module)."""
     words = re.findall(r"[A-Za-z0-9]+", name or "caffe net")
     out = "".join(w[:1].upper() + w[1:] for w in words) or "CaffeNet"
-    return out if not out[0].isdigit() else "Net" + out
+    out = out if not out[0].isdigit() else "Net" + out
+    while out in model_py_names() or out in taken:
+        out += "Net"
+    return out
 
 
 @dataclass

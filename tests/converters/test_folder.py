@@ -180,6 +180,7 @@ def test_custom_layer_exports_and_loads(tmp_path, monkeypatch):
     """The README's custom layer: model.py imports the user's module class, and the folder loads and
     runs in a fresh interpreter that can import the user's module (and not the toolkit)."""
     from prototxt import shapes
+    registry.registered_types()  # the built-ins discovered before saving them
     saved_impls, saved_rules = dict(registry._REGISTRY), dict(shapes._RULES)
     (tmp_path / "my_layers.py").write_text(_readme_custom_layer())
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -219,3 +220,75 @@ def test_custom_layer_exports_and_loads(tmp_path, monkeypatch):
         shapes._RULES.clear()
         shapes._RULES.update(saved_rules)
         sys.modules.pop("my_layers", None)
+
+
+def _layer_fixtures():
+    fixtures = sorted(p for p in (SHARED / "reference" / "layers").glob("*") if (p / "net.prototxt").is_file()) \
+        if SHARED.is_dir() else []
+    return shared_params(fixtures, [f.name for f in fixtures])
+
+
+@pytest.mark.parametrize("fixture", _layer_fixtures())
+def test_every_layer_fixture_exports_a_folder_that_computes_the_same(fixture, weights_cache, tmp_path):
+    """model.py is generated code: every layer fixture (multi-top Slice/Split, in-place chains, SPP,
+    shared params, legacy inputs ...) exported and imported back gives to_pytorch's outputs exactly."""
+    import importlib.util
+
+    from tests.converters.common import load_fixture, torch_cpu
+    graph, ins, _ = load_fixture(fixture, weights_cache)
+    gm = to_pytorch(graph)
+    folder = export_folder(graph, tmp_path / "f")
+    spec = importlib.util.spec_from_file_location(f"exported_{fixture.name}", os.path.join(folder, "model.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net = module.load()
+    xs = [torch.from_numpy(np.ascontiguousarray(ins[graph.values[v].caffe_name], dtype=np.float32))
+          for v in graph.inputs]
+    with torch_cpu():
+        want, got = gm(*xs), net(*xs)
+    want = want if isinstance(want, dict) else {"": want}
+    got = got if isinstance(got, dict) else {"": got}
+    assert list(got) == list(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    assert dict(net.named_children()).keys() == dict(gm.named_children()).keys()
+
+
+def test_names_in_model_py_never_shadow_each_other(tmp_path, monkeypatch):
+    """A net named like a module class ("scale" -> ScaleNet) and a user's class named like a built-in
+    one (imported under another name) keep model.py working."""
+    from prototxt import shapes
+    registry.registered_types()  # the built-ins discovered before saving them
+    saved_impls, saved_rules = dict(registry._REGISTRY), dict(shapes._RULES)
+    (tmp_path / "user_scale.py").write_text("import torch\n\nclass Scale(torch.nn.Module):\n"
+                                            "    def forward(self, x):\n        return 3 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = tmp_path / "net.prototxt"
+    net.write_text('name: "scale"\ninput: "x"\ninput_shape { dim: 1 dim: 2 dim: 1 dim: 1 }\n'
+                   'layer { name: "s" type: "Scale" bottom: "x" top: "y" }\n'
+                   'layer { name: "t" type: "Triple" bottom: "y" top: "z" }\n')
+    try:
+        user = importlib.import_module("user_scale")
+
+        @registry.register_layer("Triple", shape=lambda param, bottoms: shapes.ShapeResult([tuple(bottoms[0])]))
+        class Impl(registry.LayerImpl):
+            def torch(self, layer, graph):
+                return user.Scale(), []
+
+        graph = load_net(net)
+        graph.layer("s").blobs = [np.array([2.0, 5.0], np.float32)]
+        folder = export_folder(graph, tmp_path / "out")
+        source = open(os.path.join(folder, "model.py")).read()
+        assert "class ScaleNet(nn.Module):" in source
+        assert "from user_scale import Scale as Scale_user_scale" in source
+        spec = importlib.util.spec_from_file_location("exported_scale", os.path.join(folder, "model.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        out = module.load()(torch.ones(1, 2, 1, 1))
+        assert out.reshape(-1).tolist() == [6.0, 15.0]
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved_impls)
+        shapes._RULES.clear()
+        shapes._RULES.update(saved_rules)
+        sys.modules.pop("user_scale", None)
