@@ -176,50 +176,55 @@ def _readme_custom_layer() -> str:
     return section[section.index("```python\n") + 10:section.index("```\n", section.index("```python\n") + 10)]
 
 
-def test_custom_layer_exports_and_loads(tmp_path, monkeypatch):
-    """The README's custom layer: model.py imports the user's module class, and the folder loads and
-    runs in a fresh interpreter that can import the user's module (and not the toolkit)."""
+@pytest.fixture
+def clean_registry():
+    """Leave the layer registry and shape rules (and any user module imported) as they were."""
     from prototxt import shapes
     registry.registered_types()  # the built-ins discovered before saving them
-    saved_impls, saved_rules = dict(registry._REGISTRY), dict(shapes._RULES)
+    saved_impls, saved_rules, modules = dict(registry._REGISTRY), dict(shapes._RULES), set(sys.modules)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved_impls)
+    shapes._RULES.clear()
+    shapes._RULES.update(saved_rules)
+    for name in set(sys.modules) - modules:
+        sys.modules.pop(name, None)
+
+
+def test_custom_layer_exports_and_loads(tmp_path, monkeypatch, clean_registry):
+    """The README's custom layer: model.py imports the user's module class, and the folder loads and
+    runs in a fresh interpreter that can import the user's module (and not the toolkit)."""
     (tmp_path / "my_layers.py").write_text(_readme_custom_layer())
     monkeypatch.syspath_prepend(str(tmp_path))
     net = tmp_path / "net.prototxt"
     net.write_text('name: "t"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }\n'
                    'layer { name: "twice" type: "Double" bottom: "data" top: "out" }\n')
-    try:
-        importlib.import_module("my_layers")  # registers "Double"
-        folder = export_folder(load_net(net), tmp_path / "out")
-        source = open(os.path.join(folder, "model.py")).read()
-        assert "from my_layers import DoubleModule" in source and "self.twice = DoubleModule(**{})" in source
-        env = {"PYTHONPATH": f"{folder}{os.pathsep}{tmp_path / 'user'}", "PATH": os.environ.get("PATH", ""),
-               "PYTHONNOUSERSITE": "1"}
-        (tmp_path / "user").mkdir()
-        # where the toolkit is not installed, the user ships the class without its registration
-        (tmp_path / "user" / "my_layers.py").write_text(
-            "import torch\n\nclass DoubleModule(torch.nn.Module):\n    def forward(self, x):\n        return 2 * x\n")
-        out = subprocess.run([sys.executable, "-c", "import torch, model; print(model.load()(torch.ones(1, 3)).tolist())"],
-                             cwd=folder, env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert out.stdout.strip() == "[[2.0, 2.0, 2.0]]"
+    importlib.import_module("my_layers")  # registers "Double"
+    folder = export_folder(load_net(net), tmp_path / "out")
+    source = open(os.path.join(folder, "model.py")).read()
+    assert "from my_layers import DoubleModule" in source and "self.twice = DoubleModule(**{})" in source
+    env = {"PYTHONPATH": f"{folder}{os.pathsep}{tmp_path / 'user'}", "PATH": os.environ.get("PATH", ""),
+           "PYTHONNOUSERSITE": "1"}
+    (tmp_path / "user").mkdir()
+    # where the toolkit is not installed, the user ships the class without its registration
+    (tmp_path / "user" / "my_layers.py").write_text(
+        "import torch\n\nclass DoubleModule(torch.nn.Module):\n    def forward(self, x):\n        return 2 * x\n")
+    out = subprocess.run([sys.executable, "-c", "import torch, model; print(model.load()(torch.ones(1, 3)).tolist())"],
+                         cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[[2.0, 2.0, 2.0]]"
 
-        class Local(torch.nn.Module):
-            def forward(self, x):
-                return x
+    class Local(torch.nn.Module):
+        def forward(self, x):
+            return x
 
-        registry.register_layer("Double", replace=True)(
-            type("Impl", (registry.LayerImpl,), {"torch": lambda self, layer, graph: (Local(), [])}))
-        with pytest.raises(ValueError) as info:
-            export_folder(load_net(net), tmp_path / "out2")
-        text = str(info.value)
-        assert "\n" not in text and "'twice'" in text and "inside a function" in text, text
-        assert not (tmp_path / "out2").exists()
-    finally:
-        registry._REGISTRY.clear()
-        registry._REGISTRY.update(saved_impls)
-        shapes._RULES.clear()
-        shapes._RULES.update(saved_rules)
-        sys.modules.pop("my_layers", None)
+    registry.register_layer("Double", replace=True)(
+        type("Impl", (registry.LayerImpl,), {"torch": lambda self, layer, graph: (Local(), [])}))
+    with pytest.raises(ValueError) as info:
+        export_folder(load_net(net), tmp_path / "out2")
+    text = str(info.value)
+    assert "\n" not in text and "'twice'" in text and "inside a function" in text, text
+    assert not (tmp_path / "out2").exists()
 
 
 def _layer_fixtures():
@@ -254,12 +259,10 @@ def test_every_layer_fixture_exports_a_folder_that_computes_the_same(fixture, we
     assert dict(net.named_children()).keys() == dict(gm.named_children()).keys()
 
 
-def test_names_in_model_py_never_shadow_each_other(tmp_path, monkeypatch):
+def test_names_in_model_py_never_shadow_each_other(tmp_path, monkeypatch, clean_registry):
     """A net named like a module class ("scale" -> ScaleNet) and a user's class named like a built-in
     one (imported under another name) keep model.py working."""
     from prototxt import shapes
-    registry.registered_types()  # the built-ins discovered before saving them
-    saved_impls, saved_rules = dict(registry._REGISTRY), dict(shapes._RULES)
     (tmp_path / "user_scale.py").write_text("import torch\n\nclass Scale(torch.nn.Module):\n"
                                             "    def forward(self, x):\n        return 3 * x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -267,28 +270,21 @@ def test_names_in_model_py_never_shadow_each_other(tmp_path, monkeypatch):
     net.write_text('name: "scale"\ninput: "x"\ninput_shape { dim: 1 dim: 2 dim: 1 dim: 1 }\n'
                    'layer { name: "s" type: "Scale" bottom: "x" top: "y" }\n'
                    'layer { name: "t" type: "Triple" bottom: "y" top: "z" }\n')
-    try:
-        user = importlib.import_module("user_scale")
+    user = importlib.import_module("user_scale")
 
-        @registry.register_layer("Triple", shape=lambda param, bottoms: shapes.ShapeResult([tuple(bottoms[0])]))
-        class Impl(registry.LayerImpl):
-            def torch(self, layer, graph):
-                return user.Scale(), []
+    @registry.register_layer("Triple", shape=lambda param, bottoms: shapes.ShapeResult([tuple(bottoms[0])]))
+    class Impl(registry.LayerImpl):
+        def torch(self, layer, graph):
+            return user.Scale(), []
 
-        graph = load_net(net)
-        graph.layer("s").blobs = [np.array([2.0, 5.0], np.float32)]
-        folder = export_folder(graph, tmp_path / "out")
-        source = open(os.path.join(folder, "model.py")).read()
-        assert "class ScaleNet(nn.Module):" in source
-        assert "from user_scale import Scale as Scale_user_scale" in source
-        spec = importlib.util.spec_from_file_location("exported_scale", os.path.join(folder, "model.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        out = module.load()(torch.ones(1, 2, 1, 1))
-        assert out.reshape(-1).tolist() == [6.0, 15.0]
-    finally:
-        registry._REGISTRY.clear()
-        registry._REGISTRY.update(saved_impls)
-        shapes._RULES.clear()
-        shapes._RULES.update(saved_rules)
-        sys.modules.pop("user_scale", None)
+    graph = load_net(net)
+    graph.layer("s").blobs = [np.array([2.0, 5.0], np.float32)]
+    folder = export_folder(graph, tmp_path / "out")
+    source = open(os.path.join(folder, "model.py")).read()
+    assert "class ScaleNet(nn.Module):" in source
+    assert "from user_scale import Scale as Scale_user_scale" in source
+    spec = importlib.util.spec_from_file_location("exported_scale", os.path.join(folder, "model.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.load()(torch.ones(1, 2, 1, 1))
+    assert out.reshape(-1).tolist() == [6.0, 15.0]
