@@ -122,8 +122,8 @@ class Pooling(CaffeModule):
         if a["method"] == "AVE":
             return F.avg_pool2d(self._padded(x, 0.0), a["kernel"], a["stride"]) * self.scale
         # STOCHASTIC at test time, as Caffe's GPU kernel (its only implementation): the probability-
-        # weighted average sum(x^2) / (FLT_MIN + sum(x)) over windows starting at o*stride (padding is
-        # ignored, windows are clipped to the input: zeros past its end add nothing)
+        # weighted average sum(x^2) / (FLT_MIN + sum(x)) over windows starting at o*stride (Caffe has
+        # no padding for it), clipped to the input: zeros past its end add nothing
         k, area = a["kernel"], a["kernel"][0] * a["kernel"][1]
         right = [max(0, (a["out_size"][i] - 1) * a["stride"][i] + k[i] - a["in_size"][i]) for i in range(2)]
         xp = F.pad(x, (0, right[1], 0, right[0])) if any(right) else x

@@ -248,22 +248,33 @@ def pool_geometry(layer: LayerParameter, bottom: Shape) -> PoolGeometry:
     if len(bottom) != 4:
         fail(layer, f"pooling needs a 4-axis input (N, C, H, W), got {_fmt([bottom])}")
     height, width = bottom[2], bottom[3]
+    has = p.HasField
+    # PoolingLayer::LayerSetUp's checks, in its words where they help
+    for what in ("pad", "stride"):
+        if has(f"{what}_h") != has(f"{what}_w") or (has(what) and has(f"{what}_h")):
+            fail(layer, f"give {what}, or both {what}_h and {what}_w (Caffe: '{what} is {what} OR {what}_h and "
+                        f"{what}_w are required')")
+    pad = (p.pad_h, p.pad_w) if has("pad_h") else (p.pad, p.pad)
+    stride = (p.stride_h, p.stride_w) if has("stride_h") else (p.stride, p.stride)
     if p.global_pooling:
-        kernel, pad, stride = (height, width), (0, 0), (1, 1)
+        if has("kernel_size") or has("kernel_h") or has("kernel_w"):
+            fail(layer, "global_pooling takes the whole input: give no kernel size")
+        if pad != (0, 0) or stride != (1, 1):
+            fail(layer, "global_pooling allows only pad 0 and stride 1")
+        kernel = (height, width)
     else:
-        if p.HasField("kernel_size"):  # Caffe's check is kernel_size XOR (kernel_h AND kernel_w)
-            if p.HasField("kernel_h") and p.HasField("kernel_w"):
+        if has("kernel_size"):  # Caffe's check is kernel_size XOR (kernel_h AND kernel_w)
+            if has("kernel_h") and has("kernel_w"):
                 fail(layer, "give either kernel_size or kernel_h/kernel_w, not both")
             kernel = (p.kernel_size, p.kernel_size)
-        elif p.HasField("kernel_h") and p.HasField("kernel_w"):
+        elif has("kernel_h") and has("kernel_w"):
             kernel = (p.kernel_h, p.kernel_w)
         else:
             fail(layer, "no kernel_size (or kernel_h and kernel_w) given")
-        pad = (p.pad_h, p.pad_w) if (p.HasField("pad_h") or p.HasField("pad_w")) else (p.pad, p.pad)
-        stride = (p.stride_h, p.stride_w) if (p.HasField("stride_h") or p.HasField("stride_w")) \
-            else (p.stride, p.stride)
     if min(kernel) <= 0 or min(stride) <= 0:
         fail(layer, f"kernel {kernel} and stride {stride} must be positive")
+    if any(pad) and p.pool not in (caffe_pb2.PoolingParameter.MAX, caffe_pb2.PoolingParameter.AVE):
+        fail(layer, "padding is implemented only for MAX and AVE pooling (Caffe refuses it for STOCHASTIC)")
     if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
         fail(layer, f"pad {pad} must be smaller than the kernel {kernel}")
     ceil_mode = p.round_mode == caffe_pb2.PoolingParameter.CEIL
@@ -296,6 +307,14 @@ def _spp(layer, bottoms):
         fail(layer, "pyramid_height must be at least 1")
     if h == 1:
         return ShapeResult([(n, c, 1, 1)])
+    for level in range(h):  # SPPLayer::GetPoolingParam; its pooling then needs pad < kernel
+        bins = 2 ** level
+        for size in bottoms[0][2:4]:
+            kernel = -(-size // bins)
+            pad = (kernel * bins - size + 1) // 2
+            if pad >= kernel:
+                fail(layer, f"pyramid level {level}: a {bottoms[0][2]}x{bottoms[0][3]} input is too small for "
+                            f"{bins}x{bins} bins (pad {pad} >= kernel {kernel}); lower pyramid_height")
     return ShapeResult([(n, c * sum(4 ** i for i in range(h)))])
 
 
@@ -317,6 +336,8 @@ def _inner_product(layer, bottoms):
 @register_shape_rule("Embed")
 def _embed(layer, bottoms):
     p = layer.embed_param
+    if p.input_dim <= 0 or p.num_output <= 0:
+        fail(layer, "input_dim and num_output must be positive")
     params = [(p.input_dim, p.num_output)] + ([(p.num_output,)] if p.bias_term else [])
     return ShapeResult([tuple(bottoms[0]) + (p.num_output,)], params)
 
@@ -445,8 +466,15 @@ def _slice(layer, bottoms):
     return ShapeResult([tuple(x[:axis]) + (s,) + tuple(x[axis + 1:]) for s in sizes])
 
 
+def _not_in_place(layer) -> None:
+    if list(layer.top) == list(layer.bottom):
+        fail(layer, f"{layer.type} cannot work in place (Caffe: 'does not allow in-place computation'); "
+                    f"give its top another name")
+
+
 @register_shape_rule("Flatten")
 def _flatten(layer, bottoms):
+    _not_in_place(layer)
     x = bottoms[0]
     start = canonical_axis(layer, layer.flatten_param.axis, len(x))
     end = canonical_axis(layer, layer.flatten_param.end_axis, len(x))
@@ -455,6 +483,7 @@ def _flatten(layer, bottoms):
 
 @register_shape_rule("Reshape")
 def _reshape(layer, bottoms):
+    _not_in_place(layer)
     p = layer.reshape_param
     x = bottoms[0]
     start = p.axis + len(x) + 1 if p.axis < 0 else p.axis

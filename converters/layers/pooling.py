@@ -39,7 +39,7 @@ FLT_MIN = np.float32(1.17549435e-38)
 
 def emit_stochastic(ctx, x: str, out: str, a: dict) -> None:
     """STOCHASTIC at test time (Caffe's GPU kernel): sum(x^2) / (FLT_MIN + sum(x)) over windows that
-    start at o*stride, padding ignored, clipped to the input."""
+    start at o*stride (no padding: Caffe refuses it here), clipped to the input."""
     k, area = a["kernel"], np.float32(a["kernel"][0] * a["kernel"][1])
     right = [max(0, (a["out_size"][i] - 1) * a["stride"][i] + k[i] - a["in_size"][i]) for i in range(2)]
     if any(right):

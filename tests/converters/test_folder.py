@@ -25,7 +25,8 @@ from prototxt.errors import CaffeError
 from tests.converters.common import real_weights
 from tests.helpers import REPO, SHARED, corpus_nets, fixture_inputs, reference_fixtures, shared_params
 
-pytestmark = pytest.mark.filterwarnings("ignore:left out training-only layers")
+pytestmark = [pytest.mark.filterwarnings("ignore:left out training-only layers"),
+              pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning")]  # mkldnn.flags() says it
 
 
 def _graphs():

@@ -1,7 +1,7 @@
 """STOCHASTIC pooling at test time. Caffe implements it only on the GPU (StoPoolForwardTest in
 pooling_layer.cu; the CPU path is NOT_IMPLEMENTED), so no CPU-Caffe fixture can hold it: the reference
-here is that kernel's loop, transcribed: windows start at o*stride (padding ignored) and are clipped
-to the input; out = sum(x^2) / (FLT_MIN + sum(x)), accumulated in float32. (A window of mixed signs
+here is that kernel's loop, transcribed: windows start at o*stride (Caffe refuses padding for
+STOCHASTIC) and are clipped to the input; out = sum(x^2) / (FLT_MIN + sum(x)), accumulated in float32. (A window of mixed signs
 summing to 0 divides by 0 or by FLT_MIN depending on the order of the additions: not a case to pin.)"""
 from __future__ import annotations
 
@@ -14,6 +14,17 @@ from prototxt import load_net
 from tests.converters.common import ort_session
 
 FLT_MIN = np.float32(1.17549435e-38)
+
+
+def test_padding_is_refused_as_caffe_does(tmp_path):
+    """PoolingLayer::LayerSetUp: 'Padding implemented only for average and max pooling.'"""
+    path = tmp_path / "net.prototxt"
+    path.write_text('name: "p"\ninput: "data"\ninput_shape { dim: 1 dim: 1 dim: 7 dim: 7 }\n'
+                    'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"\n'
+                    '  pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 pad: 1 } }\n')
+    with pytest.raises(Exception) as info:
+        load_net(path).require_shapes()
+    assert "only for MAX and AVE" in str(info.value)
 
 
 def caffe_gpu_test_forward(x: np.ndarray, kernel, stride, out_size) -> np.ndarray:
@@ -37,8 +48,8 @@ def caffe_gpu_test_forward(x: np.ndarray, kernel, stride, out_size) -> np.ndarra
 CASES = {
     "k3s2": "kernel_size: 3 stride: 2",                       # CEIL: the last window hangs over the edge
     "k2s2": "kernel_size: 2 stride: 2",
-    "k3s2p1": "kernel_size: 3 stride: 2 pad: 1",              # pad sets the output size only
-    "rect": "kernel_h: 3 kernel_w: 2 stride_h: 1 stride_w: 3 pad_h: 2",
+    "k4s3": "kernel_size: 4 stride: 3",
+    "rect": "kernel_h: 3 kernel_w: 2 stride_h: 1 stride_w: 3",
 }
 
 

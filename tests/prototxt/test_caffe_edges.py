@@ -114,3 +114,32 @@ def test_pooling_kernel_size_beside_kernel_h_alone(tmp_path):
                                 'pooling_param { pool: MAX kernel_size: 3 kernel_h: 2 kernel_w: 2 } }\n', head)
                  ).require_shapes()
     assert "not both" in str(info.value)
+
+
+IMAGE = 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 dim: 13 dim: 13 } } }\n'
+
+
+@pytest.mark.parametrize("body, says", [
+    ('layer { name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { global_pooling: true kernel_size: 3 } }',
+     "give no kernel size"),
+    ('layer { name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { global_pooling: true stride: 2 } }',
+     "only pad 0 and stride 1"),
+    ('layer { name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { kernel_size: 3 pad_h: 1 } }',
+     "both pad_h and pad_w"),
+    ('layer { name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { kernel_size: 3 stride: 2 stride_h: 1 '
+     'stride_w: 1 } }', "both stride_h and stride_w"),
+    ('layer { name: "r" type: "Reshape" bottom: "x" top: "x" reshape_param { shape { dim: 0 dim: -1 } } }',
+     "cannot work in place"),
+    ('layer { name: "f" type: "Flatten" bottom: "x" top: "x" }', "cannot work in place"),
+    ('layer { name: "e" type: "Embed" bottom: "x" top: "y" embed_param { num_output: 4 } }',
+     "input_dim and num_output must be positive"),
+    ('layer { name: "s" type: "SPP" bottom: "x" top: "y" spp_param { pyramid_height: 4 } }',
+     "too small for 8x8 bins"),
+])
+def test_nets_caffe_refuses_are_refused_in_one_line(tmp_path, body, says):
+    """PoolingLayer::LayerSetUp's field checks, Reshape/Flatten's CHECK_NE(top, bottom), Embed's
+    CHECK_GT(K_, 0), and SPP levels whose pooling would need pad >= kernel (13x13 at 8x8 bins)."""
+    with pytest.raises(Exception) as info:
+        load_net(_net(tmp_path, body + "\n", IMAGE)).require_shapes()
+    text = str(info.value)
+    assert says in text and "\n" not in text, text
