@@ -528,13 +528,13 @@ def _crop(layer, bottoms):
     if len(offsets) not in (0, 1, n):
         fail(layer, f"{len(offsets)} offsets for {n} cropped axes; give none, one, or one per axis")
     offsets = offsets * n if len(offsets) == 1 else (offsets or [0] * n)
-    if len(ref) != len(x):
-        fail(layer, f"bottoms {_fmt(bottoms)} must have the same number of axes")
+    if len(ref) < len(x):  # CropLayer reads the reference's first len(x) axes; more are allowed
+        fail(layer, f"the reference {_fmt([ref])} has fewer axes than the input {_fmt([x])}")
     for i in range(n):
         if ref[axis + i] + offsets[i] > x[axis + i]:
             fail(layer, f"crop of size {ref[axis + i]} at offset {offsets[i]} does not fit axis {axis + i} "
                         f"of size {x[axis + i]}")
-    return ShapeResult([tuple(x[:axis]) + tuple(ref[axis:])])
+    return ShapeResult([tuple(x[:axis]) + tuple(ref[axis:len(x)])])
 
 
 @register_shape_rule("Reduction")

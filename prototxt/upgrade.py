@@ -5,6 +5,8 @@ message, the argument is untouched) and idempotent (``needs`` is false on its re
 """
 from __future__ import annotations
 
+import difflib
+
 from typing import Callable
 
 from . import caffe_pb2
@@ -146,7 +148,11 @@ def _upgrade_v0_layer(v0: caffe_pb2.V0LayerParameter, v1: caffe_pb2.V1LayerParam
         v1.name = v0.name
     kind = v0.type
     if v0.HasField("type"):
-        v1.type = _V1.LayerType.Value(_V0_TYPES.get(kind, "NONE"))
+        if kind not in _V0_TYPES:  # UpgradeV0LayerType: LOG(FATAL) << "Unknown layer name"
+            close = difflib.get_close_matches(kind, _V0_TYPES, n=1)
+            raise GraphError(f"V0 layer '{v0.name}': unknown V0 layer type '{kind}'"
+                             + (f"; did you mean '{close[0]}'?" if close else ""))
+        v1.type = _V1.LayerType.Value(_V0_TYPES[kind])
     v1.blobs.extend(v0.blobs)
     v1.blobs_lr.extend(v0.blobs_lr)
     v1.weight_decay.extend(v0.weight_decay)

@@ -143,3 +143,22 @@ def test_nets_caffe_refuses_are_refused_in_one_line(tmp_path, body, says):
         load_net(_net(tmp_path, body + "\n", IMAGE)).require_shapes()
     text = str(info.value)
     assert says in text and "\n" not in text, text
+
+
+def test_crop_reference_with_more_axes(tmp_path):
+    """CropLayer::Reshape reads the reference's shape only on the input's axes."""
+    head = ('layer { name: "in" type: "Input" top: "x" top: "r" input_param { shape { dim: 1 dim: 2 dim: 8 dim: 8 } '
+            'shape { dim: 1 dim: 2 dim: 5 dim: 6 dim: 7 } } }\n')
+    graph = load_net(_net(tmp_path, 'layer { name: "c" type: "Crop" bottom: "x" bottom: "r" top: "y" '
+                                    'crop_param { axis: 2 offset: 1 } }\n', head))
+    assert graph.values["y"].shape == (1, 2, 5, 6)
+
+
+def test_unknown_v0_layer_type(tmp_path):
+    path = tmp_path / "v0.prototxt"
+    path.write_text('name: "v0"\ninput: "x"\ninput_dim: 1 input_dim: 1 input_dim: 4 input_dim: 4\n'
+                    'layers { layer { name: "c" type: "convolutoin" num_output: 2 kernelsize: 3 } '
+                    'bottom: "x" top: "y" }\n')
+    with pytest.raises(Exception) as info:
+        load_net(path)
+    assert "unknown V0 layer type 'convolutoin'" in str(info.value) and "conv" in str(info.value)
