@@ -99,8 +99,14 @@ def decode_image(data: bytes | str, color: Optional[bool], where: str) -> np.nda
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+            if color is False and im.format == "JPEG":
+                im.draft("L", im.size)  # libjpeg's own grayscale output, as IMREAD_GRAYSCALE gets it
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit: OpenCV keeps the high byte
+                im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
             if color is True or (color is None and im.mode not in ("L", "RGB", "RGBA")):
                 im = im.convert("RGB")
+            elif color is False and im.mode not in ("L", "1", "LA"):
+                return _opencv_gray(np.asarray(im.convert("RGB"), dtype=np.uint8), im.format)[None]
             elif color is False:
                 im = im.convert("L")
             arr = np.asarray(im, dtype=np.uint8)
@@ -112,27 +118,58 @@ def decode_image(data: bytes | str, color: Optional[bool], where: str) -> np.nda
     return np.ascontiguousarray(arr[[2, 1, 0, 3][:arr.shape[0]]])  # RGB(A) -> BGR(A)
 
 
+def _opencv_gray(rgb: np.ndarray, fmt: Optional[str]) -> np.ndarray:
+    """A colour image's IMREAD_GRAYSCALE value: libpng's rgb_to_gray (coefficients 0.299/0.587 in
+    15-bit fixed point, truncated; grey pixels unchanged) for PNG, OpenCV's BGR2GRAY (14-bit, rounded)
+    for the other formats it decodes to colour first."""
+    r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
+    if fmt == "PNG":
+        gray = (9797 * r + 19234 * g + 3737 * b) >> 15
+        gray = np.where((r == g) & (g == b), r, gray)
+    else:
+        gray = (4899 * r + 9617 * g + 1868 * b + 8192) >> 14
+    return gray.astype(np.uint8)
+
+
+def _linear_taps(out: int, size: int, clamp_weights: bool):
+    """cv::resize INTER_LINEAR source taps and weights along one axis: half-pixel centres computed in
+    float, weights as 11-bit fixed point (INTER_RESIZE_COEF_BITS). Columns past the border take the edge
+    pixel with weight 0 (``clamp_weights``); rows keep their weight and clamp the row index."""
+    f = ((np.arange(out) + 0.5) * (1.0 / (out / size)) - 0.5).astype(np.float32)
+    lo = np.floor(f).astype(np.int64)
+    f = (f - lo).astype(np.float32)
+    if clamp_weights:
+        f[lo < 0] = 0
+        lo[lo < 0] = 0
+        edge = lo >= size - 1
+        f[edge] = 0
+        lo[edge] = size - 1
+        hi = np.minimum(lo + 1, size - 1)
+    else:
+        hi = np.clip(lo + 1, 0, size - 1)
+        lo = np.clip(lo, 0, size - 1)
+    w0 = np.rint(((1 - f) * 2048).astype(np.float32)).astype(np.int64)
+    w1 = np.rint((f * 2048).astype(np.float32)).astype(np.int64)
+    return lo, hi, w0, w1, f
+
+
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """cv::resize INTER_LINEAR on a (C, H, W) image (uint8, or float kept float): half-pixel centres, no antialiasing."""
+    """cv::resize INTER_LINEAR on a (C, H, W) image, as Caffe's ReadImageToCVMat resizes: uint8 with
+    OpenCV's fixed-point arithmetic (bit-exact with OpenCV 4's), float data in float."""
     c, h, w = image.shape
     if (h, w) == (height, width):
         return image
-
-    def axis(out: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        src = np.clip((np.arange(out) + 0.5) * (size / out) - 0.5, 0, size - 1)
-        lo = np.floor(src).astype(np.int64)
-        hi = np.minimum(lo + 1, size - 1)
-        return lo, hi, (src - lo).astype(np.float32)
-
-    y0, y1, fy = axis(height, h)
-    x0, x1, fx = axis(width, w)
-    img = image.astype(np.float32)
-    top = img[:, y0][:, :, x0] * (1 - fx) + img[:, y0][:, :, x1] * fx
-    bottom = img[:, y1][:, :, x0] * (1 - fx) + img[:, y1][:, :, x1] * fx
-    out = top * (1 - fy)[:, None] + bottom * fy[:, None]
+    y0, y1, b0, b1, fy = _linear_taps(height, h, clamp_weights=False)
+    x0, x1, a0, a1, fx = _linear_taps(width, w, clamp_weights=True)
     if image.dtype != np.uint8:  # float data (a Datum's float_data, an .npz): no rounding to 8 bits
-        return out.astype(np.float32)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        img = image.astype(np.float32)
+        rows = img[:, :, x0] * (1 - fx) + img[:, :, x1] * fx
+        return (rows[:, y0] * (1 - fy)[:, None] + rows[:, y1] * fy[:, None]).astype(np.float32)
+    src = image.astype(np.int64)
+    rows = src[:, :, x0] * a0 + src[:, :, x1] * a1  # horizontal pass, scaled by 2048
+    top, bottom = rows[:, y0] >> 4, rows[:, y1] >> 4
+    out = ((top * b0[:, None]) >> 16) + ((bottom * b1[:, None]) >> 16) + 2 >> 2  # OpenCV's vertical pass
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def parse_datum(value: bytes, where: str) -> caffe_pb2.Datum:
@@ -204,8 +241,7 @@ class LmdbSource(LayerSource):
         self.transform = Transform.from_proto(layer.transform_param, phase, self.where)
         self.force = True if layer.transform_param.force_color else False if layer.transform_param.force_gray else None
         self.tops = list(layer.top)
-        for _ in range(int(rng.integers(p.rand_skip)) if p.rand_skip else 0):
-            self._advance()
+        # data_param.rand_skip is ignored, as by Caffe since its DataReader (the ImageData layer's is used)
         c, h, w = self._image(self._datum()).shape
         self.shapes = [(self.batch_size, c, *self.transform.output_hw(h, w)), (self.batch_size,)][:len(self.tops)]
 

@@ -322,6 +322,24 @@ def test_lmdb_data_layer_reads_datums_in_key_order_and_wraps_around(tmp_path, mo
     source.close()
 
 
+def test_data_layer_ignores_rand_skip_as_caffe_does(tmp_path, monkeypatch):
+    """Caffe's Data layer has not read data_param.rand_skip since its DataReader: it starts at the first
+    record whatever the seed (the ImageData layer still skips)."""
+    monkeypatch.chdir(tmp_path)
+    images = [np.full((1, 2, 2), i, np.uint8) for i in range(6)]
+    _write_lmdb(tmp_path / "db", images, list(range(6)))
+    from prototxt import caffe_pb2
+    from zoo.data import TRAIN, LmdbSource
+
+    layer = caffe_pb2.LayerParameter(name="data", type="Data", top=["data", "label"])
+    layer.data_param.source, layer.data_param.batch_size, layer.data_param.backend = "db", 1, 1
+    layer.data_param.rand_skip = 5
+    for seed in range(4):
+        source = LmdbSource(layer, TRAIN, np.random.default_rng(seed))
+        assert source.next_batch()["label"].tolist() == [0]
+        source.close()
+
+
 def test_encoded_datums_decode_to_bgr(tmp_path):
     bgr = np.zeros((3, 2, 2), np.uint8)
     bgr[2] = 255  # red in BGR order
