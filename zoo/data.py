@@ -103,7 +103,9 @@ def decode_image(data: bytes | str, color: Optional[bool], where: str) -> np.nda
                 im.draft("L", im.size)  # libjpeg's own grayscale output, as IMREAD_GRAYSCALE gets it
             if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit: OpenCV keeps the high byte
                 im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
-            if color is True or (color is None and im.mode not in ("L", "RGB", "RGBA")):
+            if color is None and (im.mode in ("LA", "PA") or (im.mode == "P" and "transparency" in im.info)):
+                im = im.convert("RGBA")  # IMREAD_UNCHANGED keeps an alpha channel: BGRA
+            elif color is True or (color is None and im.mode not in ("L", "RGB", "RGBA")):
                 im = im.convert("RGB")
             elif color is False and im.mode not in ("L", "1", "LA"):
                 return _opencv_gray(np.asarray(im.convert("RGB"), dtype=np.uint8), im.format)[None]

@@ -53,3 +53,26 @@ def test_decoding_is_opencvs(kind, color):
     data = cv2.imencode(ext, image)[1].tobytes()
     want = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
     np.testing.assert_array_equal(decode_image(data, color, "test"), _chw(want))
+
+
+@pytest.mark.parametrize("kind", ["LA", "P+transparency", "P", "RGBA", "L"])
+def test_as_stored_decoding_keeps_alpha_as_opencv_does(kind):
+    """An encoded Datum without force_color/force_gray decodes like IMREAD_UNCHANGED: grey+alpha and a
+    palette with transparency come out BGRA."""
+    import io
+
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    if kind == "LA":
+        im = Image.fromarray(rng.integers(0, 256, (9, 11, 2), dtype=np.uint8), "LA")
+    elif kind == "RGBA":
+        im = Image.fromarray(rng.integers(0, 256, (9, 11, 4), dtype=np.uint8), "RGBA")
+    elif kind == "L":
+        im = Image.fromarray(rng.integers(0, 256, (9, 11), dtype=np.uint8), "L")
+    else:
+        im = Image.fromarray(rng.integers(0, 4, (9, 11), dtype=np.uint8), "P")
+        im.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    buf = io.BytesIO()
+    im.save(buf, "PNG", **({"transparency": 2} if kind == "P+transparency" else {}))
+    want = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(decode_image(buf.getvalue(), None, "test"), _chw(want))
