@@ -183,7 +183,6 @@ def generate_model_py(p: Plan, graph: Graph) -> str:
         expr = ".".join([imported[(source, top)], *rest])
         inits.append(f"        self.{step.attr} = {expr}(**{(getattr(m, 'args', None) or {})!r})")
     cls = class_name(p.class_name, frozenset(imported.values()))
-    cls = class_name(p.class_name, frozenset(line.rsplit(" ", 1)[1] for line in imports))
     forward = [f"    def forward(self{''.join(', ' + v for v in p.input_vars)}):"]
     for step in p.steps:
         args = ", ".join(p.value_vars[b] for b in step.layer.bottoms)
@@ -254,12 +253,11 @@ def state_arrays(p: Plan) -> dict[str, np.ndarray]:
     return state
 
 
-def export_folder(graph: Graph, folder: str | os.PathLike, state: Optional[Mapping[str, np.ndarray]] = None,
-                  net_plan: Optional[Plan] = None) -> str:
+def export_folder(graph: Graph, folder: str | os.PathLike, state: Optional[Mapping[str, np.ndarray]] = None) -> str:
     """Write ``model.py`` + ``weights.pt`` into ``folder`` atomically (a temp folder, then rename).
 
     ``state`` replaces the graph's weights (e.g. a trained module's state dict as arrays)."""
-    p = net_plan or plan(graph)
+    p = plan(graph)
     source = generate_model_py(p, graph)
     folder = os.fspath(folder)
     parent = os.path.dirname(os.path.abspath(folder))

@@ -35,6 +35,12 @@ def nn_source() -> str:
     with open(NN_SOURCE, encoding="utf-8") as f:
         return f.read()
 
+
+@functools.lru_cache(maxsize=1)
+def _nn_tree() -> ast.Module:
+    """nn.py parsed once, for its constructor signatures and the names model.py defines."""
+    return ast.parse(nn_source())
+
 # Loss/metric layers that have a PyTorch form for training (`zoo train`).
 TRAINABLE_LOSSES = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "Accuracy"}
 
@@ -54,8 +60,7 @@ class ModuleSpec:
 @functools.lru_cache(maxsize=1)
 def _signatures() -> dict[str, inspect.Signature]:
     """Constructor signatures of the classes in nn.py, read from its source (no torch import)."""
-    tree = ast.parse(nn_source())
-    classes = {c.name: c for c in tree.body if isinstance(c, ast.ClassDef)}
+    classes = {c.name: c for c in _nn_tree().body if isinstance(c, ast.ClassDef)}
 
     def init_of(name):
         cls = classes.get(name)
@@ -125,7 +130,7 @@ def identifier(name: str, taken: set[str]) -> str:
 def model_py_names() -> frozenset[str]:
     """Names model.py defines or imports beside the net's class (nn.py's classes, functions, imports)."""
     names = {"CAFFE_NAMES", "load", "os"}
-    for node in ast.parse(nn_source()).body:
+    for node in _nn_tree().body:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
             names.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -164,7 +169,6 @@ class Plan:
     outputs: list[str]                # graph values returned
     output_names: list[str]           # their Caffe names
     value_vars: dict[str, str]        # graph value -> variable
-    dropped: list[str]                # training-only layers left out
 
     @property
     def caffe_names(self) -> dict[str, str]:
@@ -253,4 +257,4 @@ def plan(graph: Graph, training: bool = False) -> Plan:
     if dropped:
         warnings.warn(f"left out training-only layers: {', '.join(dropped)}", stacklevel=3)
     return Plan(class_name(graph.name), list(graph.inputs), input_vars, steps, outputs,
-                [graph.values[o].caffe_name for o in outputs], value_vars, dropped)
+                [graph.values[o].caffe_name for o in outputs], value_vars)

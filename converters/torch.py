@@ -49,12 +49,10 @@ def to_pytorch(graph: Graph, training: bool = False) -> fx.GraphModule:
     env: dict[str, fx.Node] = {}
     for v, var in zip(p.inputs, p.input_vars):
         env[v] = fg.placeholder(var)
-    modules: dict[str, tuple[torch.nn.Module, list[str]]] = {}
     for step in p.steps:
         module = step.module.build() if isinstance(step.module, ModuleSpec) else step.module
         _load_blobs(module, step.layer, step.blob_names)
         root.add_module(step.attr, module)
-        modules[step.layer.name] = (module, step.blob_names)
         node = fg.call_module(step.attr, tuple(env[b] for b in step.layer.bottoms))
         if not step.layer.tops:
             continue

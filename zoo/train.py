@@ -323,12 +323,14 @@ def learnable_params(net: Net) -> list[LearnableParam]:
     another freezes gets the gradient of the training layers only (the freezing layer uses a detached
     alias of the same storage), and it counts in the clipping norm even when the blob's effective lr_mult
     (its owner's) is 0."""
-    canonical: dict[tuple[str, int], torch.Tensor] = {}
-    uses: dict[int, list[tuple[str, str, float]]] = {}  # id(blob) -> (layer, key, own lr_mult)
+    params: list[LearnableParam] = []
+    blobs: dict[int, torch.Tensor] = {}
+    uses: dict[int, list[tuple[str, float]]] = {}  # id(blob) -> (state-dict key, the layer's own lr_mult)
     for layer in net.graph.layers:
         for i, key in enumerate(net.module.blob_keys.get(layer.name, [])):
             spec = layer.params[i] if i < len(layer.params) else None
             tensor = tensor_at(net.module, key)
+            uses.setdefault(id(tensor), []).append((key, _own_lr_mult(layer, i)))
             if spec is not None and spec.owner is not None:  # the owner's blob, listed at the owner
                 owner_key = net.module.blob_keys[spec.owner][spec.owner_index]
                 if tensor is not tensor_at(net.module, owner_key):
@@ -336,30 +338,10 @@ def learnable_params(net: Net) -> list[LearnableParam]:
                                      f"{tuple(tensor.shape)} but its owner '{spec.owner}' has "
                                      f"{tuple(tensor_at(net.module, owner_key).shape)}; zoo train shares "
                                      f"same-shape blobs only")
-            canonical[(layer.name, i)] = tensor
-            uses.setdefault(id(tensor), []).append((layer.name, key, _own_lr_mult(layer, i)))
-    blobs = {id(t): t for t in canonical.values()}
-    for blob_id, users in uses.items():
-        tensor = blobs[blob_id]
-        if not isinstance(tensor, torch.nn.Parameter):
-            continue
-        trained = any(own != 0 for _, _, own in users)
-        tensor.requires_grad_(trained)
-        for _, key, own in users if trained else ():
-            if own == 0:  # this layer's part of the gradient is not computed: a detached alias
-                owner, _, attr = key.rpartition(".")
-                setattr(net.module.get_submodule(owner), attr, torch.nn.Parameter(tensor.detach(), requires_grad=False))
-    params: list[LearnableParam] = []
-    seen: set[int] = set()
-    for layer in net.graph.layers:
-        for i, key in enumerate(net.module.blob_keys.get(layer.name, [])):
-            spec = layer.params[i] if i < len(layer.params) else None
-            if spec is not None and spec.owner is not None:
                 continue
-            tensor = canonical[(layer.name, i)]
-            if id(tensor) in seen:
+            if id(tensor) in blobs:
                 continue
-            seen.add(id(tensor))
+            blobs[id(tensor)] = tensor
             lr_mult, decay_mult = (spec.lr_mult, spec.decay_mult) if spec is not None else (1.0, 1.0)
             if layer.type == "BatchNorm":
                 if lr_mult != 0 and spec is not None and layer.proto.param[i].HasField("lr_mult"):
@@ -369,6 +351,15 @@ def learnable_params(net: Net) -> list[LearnableParam]:
             if not isinstance(tensor, torch.nn.Parameter):
                 lr_mult = 0.0
             params.append(LearnableParam(tensor, lr_mult, decay_mult, f"{layer.name}/{i}"))
+    for blob_id, tensor in blobs.items():
+        if not isinstance(tensor, torch.nn.Parameter):
+            continue
+        trained = any(own != 0 for _, own in uses[blob_id])
+        tensor.requires_grad_(trained)
+        for key, own in uses[blob_id] if trained else ():
+            if own == 0:  # this layer's part of the gradient is not computed: a detached alias
+                owner, _, attr = key.rpartition(".")
+                setattr(net.module.get_submodule(owner), attr, torch.nn.Parameter(tensor.detach(), requires_grad=False))
     if not params:
         raise TrainError(f"{net.source}: the net has no learnable blobs; nothing to train")
     return params

@@ -95,6 +95,8 @@ class Elementwise(LayerImpl):
         elif op == "Swish":
             bx = x if a["beta"] == 1 else ctx.node("Mul", [x, ctx.const(np.float32(a["beta"]), "beta")])[0]
             ctx.node("Mul", [x, ctx.node("Sigmoid", [bx])[0]], [y])
+        elif op == "Exp":
+            self._exp(ctx, a, x, y)
         else:
             self._affine_then(ctx, op, a, x, y)
 
@@ -111,9 +113,6 @@ class Elementwise(LayerImpl):
     @staticmethod
     def _affine_then(ctx, op, a, x, y):
         """Power / Log: f(shift + scale * x)."""
-        if op == "Exp":
-            Elementwise._exp(ctx, a, x, y)
-            return
         last = {"Power": a.get("power") == 1, "Log": False}[op]
         z = x
         if a["scale"] != 1:
