@@ -44,6 +44,7 @@ ERRORS: list[tuple[str, str]] = [
     ("zoo.data", "DataError"),
     ("zoo.train", "TrainError"),
     ("zoo.finetune", "FinetuneError"),
+    ("zoo.distributed", "DistributedError"),
     ("builtins", "OSError"),  # a folder that cannot be written, a disk that is full
 ]
 
@@ -276,7 +277,9 @@ examples:
   zoo train --solver solver.prototxt --weights bvlc_reference_caffenet.caffemodel
   zoo train --solver solver.prototxt --snapshot snapshots/net_iter_5000.solverstate
   zoo train --solver solver.prototxt --weights init.caffemodel --feed batches.npz \\
-            --log log.json --output final.caffemodel --device cpu
+            --log-json log.json --output final.caffemodel --device cpu
+  zoo train --solver solver.prototxt --nproc 2                  # 2 processes on this machine
+  torchrun --nproc-per-node 4 -m zoo train --solver solver.prototxt --device cuda
 
 Paths in the solver (net, snapshot_prefix, data sources) are relative to the current directory, as
 in Caffe. --feed is an .npz with <blob>_<i> for every net input and iteration i (<blob>_<i>_<k> for
@@ -359,6 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--nproc N` starts N times
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -201,10 +201,14 @@ def datum_image(datum: caffe_pb2.Datum, color: Optional[bool], where: str) -> np
 # -- sources ---------------------------------------------------------------------------------------
 
 class LayerSource:
-    """One data layer: ``shapes`` (its tops' shapes) and ``next_batch()`` ({top name: array})."""
+    """One data layer: ``shapes`` (its tops' shapes) and ``next_batch()`` ({top name: array}).
+
+    ``shard`` (rank, N): on N processes, the record at position k of the layer's stream goes to process
+    k mod N (Caffe's DataLayer::Skip), so that together they read each record once per pass."""
 
     tops: list[str]
     shapes: list[tuple[int, ...]]
+    shard: tuple[int, int] = (0, 1)
 
     def next_batch(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -216,7 +220,8 @@ class LayerSource:
 class LmdbSource(LayerSource):
     """Caffe's Data layer over an LMDB: records in key order, wrapping around at the end."""
 
-    def __init__(self, layer: caffe_pb2.LayerParameter, phase: str, rng: np.random.Generator) -> None:
+    def __init__(self, layer: caffe_pb2.LayerParameter, phase: str, rng: np.random.Generator,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         p = layer.data_param
         self.where = f"data layer '{layer.name}'"
         if p.backend != caffe_pb2.DataParameter.LMDB:
@@ -246,6 +251,9 @@ class LmdbSource(LayerSource):
         # data_param.rand_skip is ignored, as by Caffe since its DataReader (the ImageData layer's is used)
         c, h, w = self._image(self._datum()).shape
         self.shapes = [(self.batch_size, c, *self.transform.output_hw(h, w)), (self.batch_size,)][:len(self.tops)]
+        self.shard = shard
+        for _ in range(shard[0]):
+            self._step()
 
     def _datum(self) -> caffe_pb2.Datum:
         key, value = self.cursor.item()
@@ -254,9 +262,13 @@ class LmdbSource(LayerSource):
     def _image(self, datum: caffe_pb2.Datum) -> np.ndarray:
         return datum_image(datum, self.force, f"{self.where}: record {self.cursor.key()!r} of '{self.source}'")
 
-    def _advance(self) -> None:
+    def _step(self) -> None:
         if not self.cursor.next():
             self.cursor.first()
+
+    def _advance(self) -> None:
+        for _ in range(self.shard[1]):
+            self._step()
 
     def next_batch(self) -> dict[str, np.ndarray]:
         data = np.empty(self.shapes[0], dtype=np.float32)
@@ -281,7 +293,8 @@ class LmdbSource(LayerSource):
 class ImageListSource(LayerSource):
     """Caffe's ImageData layer: `path label` lines, root_folder + path, optional resize and shuffle."""
 
-    def __init__(self, layer: caffe_pb2.LayerParameter, phase: str, rng: np.random.Generator) -> None:
+    def __init__(self, layer: caffe_pb2.LayerParameter, phase: str, rng: np.random.Generator,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         p = layer.image_data_param
         self.where = f"ImageData layer '{layer.name}'"
         if p.batch_size <= 0:
@@ -295,11 +308,19 @@ class ImageListSource(LayerSource):
         self.transform = Transform.from_proto(layer.transform_param, phase, self.where)
         self.tops = list(layer.top)
         self.order = np.arange(len(self.lines))
+        self.shard, self.order_rng = shard, rng
+        if shard[1] > 1:
+            # The processes shuffle alike (a generator of their own drawn from the common seed) and each
+            # keeps its crops and flips apart.
+            base = int(rng.integers(2 ** 63))
+            self.order_rng, self.rng = np.random.default_rng([base, 0]), np.random.default_rng([base, 1 + shard[0]])
         if self.shuffle:
-            rng.shuffle(self.order)
-        self.pos = int(rng.integers(p.rand_skip)) % len(self.lines) if p.rand_skip else 0
+            self.order_rng.shuffle(self.order)
+        self.pos = int(self.order_rng.integers(p.rand_skip)) % len(self.lines) if p.rand_skip else 0
         c, h, w = self._image(self.order[self.pos]).shape
         self.shapes = [(self.batch_size, c, *self.transform.output_hw(h, w)), (self.batch_size,)][:len(self.tops)]
+        for _ in range(shard[0]):
+            self._step()
 
     def _image(self, index: int) -> np.ndarray:
         path, _, line_no = self.lines[index]
@@ -318,12 +339,16 @@ class ImageListSource(LayerSource):
                 raise DataError(f"{where} gives {'x'.join(map(str, out.shape))}, the batch is "
                                 f"{'x'.join(map(str, data.shape[1:]))}; set new_height/new_width or crop_size")
             data[i], labels[i] = out, label
-            self.pos += 1
-            if self.pos == len(self.lines):  # an epoch ends: Caffe reshuffles
-                self.pos = 0
-                if self.shuffle:
-                    self.rng.shuffle(self.order)
+            for _ in range(self.shard[1]):
+                self._step()
         return dict(zip(self.tops, (data, labels)))
+
+    def _step(self) -> None:
+        self.pos += 1
+        if self.pos == len(self.lines):  # an epoch ends: Caffe reshuffles
+            self.pos = 0
+            if self.shuffle:
+                self.order_rng.shuffle(self.order)
 
 
 def read_image_list(source: str, where: str) -> list[tuple[str, int, int]]:
@@ -355,10 +380,12 @@ def read_image_list(source: str, where: str) -> list[tuple[str, int, int]]:
 SOURCES = {"Data": LmdbSource, "ImageData": ImageListSource}
 
 
-def open_layer_source(layer: caffe_pb2.LayerParameter, phase: str, rng: np.random.Generator) -> LayerSource:
-    """The reader for a data layer, or a DataError saying how to feed that layer instead."""
+def open_layer_source(layer: caffe_pb2.LayerParameter, phase: str, rng: np.random.Generator,
+                      shard: tuple[int, int] = (0, 1)) -> LayerSource:
+    """The reader for a data layer (its share ``shard`` = (rank, N) of the stream), or a DataError saying how
+    to feed that layer instead."""
     cls = SOURCES.get(layer.type)
     if cls is None:
         raise DataError(f"layer '{layer.name}' ({layer.type}): zoo train reads Data (LMDB) and ImageData layers; "
                         f"give this one's batches with --feed (an .npz with {', '.join(f'{t}_<iter>' for t in layer.top)})")
-    return cls(layer, phase, rng)
+    return cls(layer, phase, rng, shard)

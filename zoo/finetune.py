@@ -38,7 +38,8 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from prototxt import Graph, build_graph, load_solver, save_net, write_caffemodel
-from zoo.finetune_data import ImageTransform, Source, check_labels, open_source, split, transform_for
+from zoo import distributed
+from zoo.finetune_data import ImageTransform, Source, Subset, check_labels, open_source, split, transform_for
 from zoo.finetune_net import (Cut, FinetuneError, FrozenPart, cut, operate, resolve_model,  # noqa: F401
                               trainable_net)
 
@@ -261,7 +262,8 @@ def finetune(model: str, data: os.PathLike | str, num_classes: int, *, output: o
     import torch
 
     from zoo.train import exact_float32, pick_device
-    say = echo or (lambda line: None)
+    dev = distributed.setup(pick_device(device))
+    say, progress = distributed.main_only(echo), progress and distributed.is_main()
     if not isinstance(seed, int) or seed < 0:
         raise FinetuneError(f"--seed must be a non-negative integer (got {seed!r})")
     if input_channels is not None and input_channels < 1:
@@ -275,12 +277,12 @@ def finetune(model: str, data: os.PathLike | str, num_classes: int, *, output: o
     if solver is not None and epochs is not None:
         raise FinetuneError("give --solver (its max_iter sets the length) or --epochs, not both")
     out = Path(output)
+    resume = resume or (distributed.restarted() and (out / CHECKPOINT).is_file())  # torchrun restarted us
     if (out / CHECKPOINT).is_file() and not resume:
         raise FinetuneError(f"{out} already holds a finetuning run ({CHECKPOINT}); add --resume to continue it, "
                             f"or choose another output folder")
     if resume and not (out / CHECKPOINT).is_file():
         raise FinetuneError(f"--resume: {out} has no checkpoint ({CHECKPOINT}) to continue from; run without --resume")
-    dev = pick_device(device)
     if frozen_runtime not in ("auto", "onnxruntime", "torch"):
         raise FinetuneError(f"frozen runtime must be auto, onnxruntime or torch, not {frozen_runtime!r}")
 
@@ -302,8 +304,9 @@ def finetune(model: str, data: os.PathLike | str, num_classes: int, *, output: o
     cached = bool(c.computed) and (cache_features or not transform.random)
     train_transform = dataclasses.replace(transform, mirror=False) if cached else transform
 
-    cfg = _solver_config(solver, base_lr, epochs, batch_size, len(train_src))
-    per_epoch = math.ceil(len(train_src) / (batch_size * cfg.iter_size))
+    n_train = distributed.shard_size(len(train_src))  # each process's share of an epoch
+    cfg = _solver_config(solver, base_lr, epochs, batch_size, n_train)
+    per_epoch = math.ceil(n_train / (batch_size * cfg.iter_size))
     fingerprint = {
         "model": m.source, "weights": _file_id(m.weights), "data": train_src.identity(),
         "val": val_src.identity(), "num_classes": num_classes, "head": surgery.head, "freeze_until": freeze_until,
@@ -329,12 +332,15 @@ def finetune(model: str, data: os.PathLike | str, num_classes: int, *, output: o
     try:
         with exact_float32():
             run, solver_ = _setup(graph, c, surgery, runtime, dev, seed, batch_size, cfg, per_epoch, out, progress, say)
-            loaders = (_loader(train_src, train_transform), _loader(val_src, dataclasses.replace(transform, mirror=False)))
+            loaders = (_loader(distributed_share(train_src), train_transform),
+                       _loader(val_src, dataclasses.replace(transform, mirror=False)))
             if resume:
                 _restore(run, solver_, fingerprint)
             every = checkpoint_every or max(1, per_epoch // 2)
             _train(run, solver_, loaders, cached, every, fingerprint)
-            return _export(run, solver_, train_src, cached)
+            result = _export(run, solver_, train_src, cached) if distributed.is_main() else None
+            distributed.barrier()  # every process returns once process 0 has written the outputs
+            return result
     finally:
         torch.random.set_rng_state(saved_rng)
         train_src.close()
@@ -349,6 +355,16 @@ def _sources(data, val, color, seed: int, num_classes: int) -> tuple[Source, Sou
     val_src = open_source(val, color, "--val")
     check_labels(val_src, num_classes)
     return source, val_src
+
+
+def distributed_share(source: Source) -> Source:
+    """The items this process trains on: all of them, or on N processes those with index mod N == rank (the
+    frozen part then runs, and caches, per process on its own items)."""
+    if distributed.world_size() == 1:
+        return source
+    share = Subset(source, distributed.shard_items(len(source)), f"{source.name} (share {distributed.rank()})")
+    share.total = len(source)  # an epoch's order is drawn over all the items, then shared out
+    return share
 
 
 def _loader(source: Source, transform: ImageTransform) -> Loader:
@@ -403,7 +419,8 @@ def _setup(graph, c, surgery, runtime, dev, seed, batch, cfg, per_epoch, out, pr
     loss, acc = tnet.layer[-2].top[0], tnet.layer[-1].top[0]
     params = learnable_params(Net(tgraph, module, None, {loss: 1.0}, tgraph.source))
     solver = CaffeSolver(params, cfg)
-    frozen = FrozenPart(graph, c, surgery.input_blob, runtime, dev, out / "cache") if c.computed else None
+    frozen = (FrozenPart(graph, c, surgery.input_blob, runtime, dev, distributed.per_rank(out / "cache"))
+              if c.computed else None)
     return _Run(graph, c, module, names, label, loss, acc, frozen, dev, seed, batch, cfg.iter_size, per_epoch,
                 cfg.max_iter, out, progress, say), solver
 
@@ -423,6 +440,8 @@ def _restore(run: _Run, solver, fingerprint: dict) -> None:
 
 
 def _checkpoint(run: _Run, solver, fingerprint: dict) -> None:
+    if not distributed.is_main():
+        return
     _atomic_torch_save({"format": 1, "config": fingerprint, "iter": solver.iter, "module": run.module.state_dict(),
                         "solver": solver.state_dict(), "metrics": run.metrics, "best": run.best,
                         "epoch": dataclasses.asdict(run.epoch)}, run.out / CHECKPOINT)
@@ -431,12 +450,13 @@ def _checkpoint(run: _Run, solver, fingerprint: dict) -> None:
 def _batches(run: _Run, loaders, features, start: int) -> Iterator[Callable[[], tuple]]:
     """One job per iteration from ``start``: its iter_size passes of (inputs, labels, count)."""
     train = loaders[0]
-    n = len(train.source)
+    n = getattr(train.source, "total", len(train.source))  # all the items, of every process
     order, order_epoch = None, -1
     for it in range(start, run.max_iter):
         epoch, pos = divmod(it, run.per_epoch)
         if epoch != order_epoch:
-            order, order_epoch = np.random.default_rng([run.seed, 1, epoch]).permutation(n), epoch
+            order = distributed.shard_order(np.random.default_rng([run.seed, 1, epoch]).permutation(n), n)
+            order_epoch = epoch
 
         def job(it=it, pos=pos, order=order):
             passes = []
@@ -449,7 +469,8 @@ def _batches(run: _Run, loaders, features, start: int) -> Iterator[Callable[[], 
                 if features is not None:
                     passes.append(([np.asarray(f[idx]) for f in features], labels))
                 else:
-                    passes.append((train.batch(idx, True, np.random.default_rng([run.seed, 2, it, k])), labels))
+                    j = distributed.pass_index(k, run.iter_size)
+                    passes.append((train.batch(idx, True, np.random.default_rng([run.seed, 2, it, j])), labels))
             return it, passes
         yield job
 
@@ -468,7 +489,7 @@ def _train(run: _Run, solver, loaders, cached: bool, every: int, fingerprint: di
     if solver.iter >= run.max_iter:
         return
     features = val_features = None
-    if run.frozen is not None:
+    if run.frozen is not None and distributed.is_main():  # process 0 alone validates
         val_features = _features(run, loaders[1], "val", "validation set")
     started = time.perf_counter()
     if cached:
@@ -493,16 +514,19 @@ def _iterate(run: _Run, solver, loaders, features, val_features, every: int, fin
         if bar is None:
             bar = _bar(last_in_epoch - epoch * run.per_epoch, f"epoch {epoch + 1}/{n_epochs}", "it", run.progress, pos)
         solver.zero_grad()
+        sums = [0.0, 0.0, 0]
         for k, (x, labels) in enumerate(passes):
             inputs = _inputs(run, x, labels)
-            torch.manual_seed(_seed(run.seed, 3, it, k))  # dropout
+            torch.manual_seed(_seed(run.seed, 3, it, distributed.pass_index(k, run.iter_size)))  # dropout
             out = run.module(*inputs)
             loss = out[run.loss]
             loss.backward()
             n = len(labels)
-            run.epoch.loss += float(loss.item()) * n
-            run.epoch.hits += float(out[run.accuracy].item()) * n
-            run.epoch.count += n
+            sums = [sums[0] + float(loss.item()) * n, sums[1] + float(out[run.accuracy].item()) * n, sums[2] + n]
+        distributed.average_gradients([g["params"][0] for g in solver.param_groups])
+        loss_sum, hits, count = distributed.all_sum(sums)  # the epoch's numbers count every process's images
+        run.epoch.loss, run.epoch.hits, run.epoch.count = run.epoch.loss + loss_sum, run.epoch.hits + hits, \
+            run.epoch.count + int(count)
         run.epoch.lr = solver.apply_update()
         run.epoch.seconds += time.perf_counter() - clock  # data waits included; validation and checkpoints not
         e = run.epoch
@@ -550,6 +574,9 @@ def _evaluate(run: _Run, loader: Loader, features) -> tuple[float, float]:
 
 
 def _end_epoch(run: _Run, solver, val_loader: Loader, val_features, epoch: int, fingerprint: dict) -> None:
+    if not distributed.is_main():
+        run.epoch = _Epoch()
+        return  # process 0 alone validates and writes
     val_loss, val_acc = _evaluate(run, val_loader, val_features)
     e = run.epoch
     row = {"epoch": epoch + 1, "iter": solver.iter, "train_loss": e.loss / e.count, "train_acc": e.hits / e.count,

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from zoo.cli import UsageError
+from zoo.distributed import add_nproc, launched_elsewhere
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the order, the augmentation and the head (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
+    add_nproc(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--cross-modality needs --input-channels C (e.g. 20 for 10 stacked flow fields)")
     if args.solver and args.epochs is not None:
         raise UsageError("give --solver (its max_iter sets the length) or --epochs, not both")
+    if launched_elsewhere(args):
+        return 0
     from zoo.finetune import finetune
 
     finetune(args.model, args.data, args.num_classes, output=args.output, weights=args.weights, val=args.val,

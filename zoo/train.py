@@ -27,6 +27,7 @@ from prototxt import Graph, attach_weights, build_graph, caffe_pb2, load_solver,
 from prototxt.graph import fill_missing, read_net
 from prototxt.shapes import DATA_TYPES, LOSS_TYPES
 from prototxt.upgrade import upgrade_net
+from zoo import distributed
 from zoo.data import TEST, TRAIN, LayerSource, open_layer_source
 from zoo.solver import CaffeSolver, LearnableParam, SolverConfig
 
@@ -231,7 +232,8 @@ def _batches(graph0: Graph, phase: str, feed: Optional[str], prefix: str,
     sources: list[LayerSource] = []
     try:
         for layer in fed:
-            sources.append(open_layer_source(layer.proto, phase, rng))
+            sources.append(open_layer_source(layer.proto, phase, rng, distributed.shard() if phase == TRAIN
+                                             else (0, 1)))
     except BaseException:
         for src in sources:
             src.close()
@@ -583,17 +585,20 @@ def train(solver_path: os.PathLike | str, weights: None | str | os.PathLike | Se
     None). ``snapshot``: a .solverstate to resume from. ``log``: a JSON file of {iter, loss, lr} per
     iteration. ``output``: the final weights as a .caffemodel. ``echo``: receives Caffe's log lines.
     """
-    say = echo or (lambda line: None)
     solver_path = os.fspath(solver_path)
     proto, cfg = read_solver(solver_path)
+    dev = distributed.setup(pick_device(device))
+    say = distributed.main_only(echo)
+    restart = distributed.newest_snapshot(proto.snapshot_prefix)  # torchrun restarted the group after a fault
+    if restart is not None:
+        weights, snapshot = None, restart
     init, state = _starting_point(weights, snapshot, cfg)
     _check_snapshot_prefix(cfg, proto.snapshot_prefix, solver_path)
-    dev = pick_device(device)
-    say(f"Using device {describe_device(dev)}")
-    seed = cfg.random_seed
+    say(f"Using device {describe_device(dev)}{distributed.describe()}")
+    seed = distributed.common_seed(cfg.random_seed)
     rng = np.random.default_rng(seed if seed >= 0 else None)
     if seed >= 0:
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + distributed.rank())  # dropout: each process its own stream, as Caffe's workers
     feed = os.fspath(feed) if feed is not None else None
 
     nets: list[Net] = []
@@ -611,17 +616,17 @@ def train(solver_path: os.PathLike | str, weights: None | str | os.PathLike | Se
                 say(f"Resuming from {os.fspath(snapshot)} at iteration {solver.iter}")
             tests = _test_nets(proto, cfg, solver_path, net, feed, rng, seed, dev, say)
             nets.extend(t.net for t in tests)
-            net.batches.check(solver.iter, cfg.max_iter, cfg.iter_size)
+            net.batches.check(solver.iter, cfg.max_iter, cfg.iter_size * distributed.world_size())
             result = TrainResult(net.graph, net.module, solver, [], device=str(dev))
             try:
                 _solve(net, solver, cfg, tests, proto.snapshot_prefix, dev, say, result)
             finally:
-                if log is not None and result.trajectory:
+                if log is not None and result.trajectory and distributed.is_main():
                     _atomic_write(os.fspath(log), _json(result.trajectory).encode())
             for layer, (_, blobs) in zip(net.graph.layers, layer_blobs(net)):
                 if blobs:
                     layer.blobs = blobs
-            if output is not None:
+            if output is not None and distributed.is_main():
                 write_weights(net, os.fspath(output))
             return result
     finally:
@@ -656,8 +661,8 @@ def _check_snapshot_prefix(cfg: SolverConfig, prefix: str, solver_path: str) -> 
 
 
 def _test_nets(proto, cfg, solver_path, train_net, feed, rng, seed, dev, say) -> list[_TestNet]:
-    if not cfg.test_iter or cfg.test_interval <= 0:
-        return []
+    if not cfg.test_iter or cfg.test_interval <= 0 or not distributed.is_main():
+        return []  # as Caffe, the root solver alone tests
     tests = []
     for i, (spec, iters) in enumerate(zip(test_net_specs(proto, solver_path), cfg.test_iter)):
         try:
@@ -691,10 +696,11 @@ def _solve(net: Net, solver: CaffeSolver, cfg: SolverConfig, tests: list[_TestNe
         solver.zero_grad()
         total = np.float32(0)
         for k in range(cfg.iter_size):
-            loss, out = _forward(net, net.batches.batch(it, k), device)
+            loss, out = _forward(net, net.batches.batch(it, distributed.pass_index(k, cfg.iter_size)), device)
             if loss.requires_grad:
                 loss.backward()
             total = np.float32(total + np.float32(loss.item()))
+        distributed.average_gradients([g["params"][0] for g in solver.param_groups])
         loss32 = np.float32(total / np.float32(cfg.iter_size))
         smoothed.update(loss32, it)
         if display:
@@ -722,6 +728,8 @@ def _solve(net: Net, solver: CaffeSolver, cfg: SolverConfig, tests: list[_TestNe
 
 
 def _snapshot(net: Net, solver: CaffeSolver, prefix: str, say: Echo, result: TrainResult) -> None:
+    if not distributed.is_main():
+        return  # the root solver alone snapshots
     model, state = snapshot(net, solver, prefix)
     say(f"Snapshotting to binary proto file {model}")
     say(f"Snapshotting solver state to binary proto file {state}")

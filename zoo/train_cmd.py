@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from zoo.cli import UsageError
+from zoo.distributed import add_nproc, launched_elsewhere
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,13 +15,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feed", metavar="NPZ", help="the batches (an .npz), instead of the net's data layers")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="auto (default): CUDA when available, else CPU")
-    p.add_argument("--log", metavar="JSON", help="write [{iter, loss, lr}, ...] for every iteration to this file")
+    p.add_argument("--log-json", "--log", dest="log", metavar="JSON", help="write [{iter, loss, lr}, ...] for every iteration to this file")
     p.add_argument("--output", metavar="CAFFEMODEL", help="write the final weights to this .caffemodel")
+    add_nproc(p)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.weights and args.snapshot:
         raise UsageError("give --weights to finetune or --snapshot to resume, not both (as caffe train)")
+    if launched_elsewhere(args):
+        return 0
     from zoo.train import train
 
     train(args.solver, weights=args.weights, snapshot=args.snapshot, feed=args.feed, device=args.device,
