@@ -100,7 +100,12 @@ def setup(device):
         device = torch.device("cuda", local_rank())
         torch.cuda.set_device(device)
     if not _group_ready():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # torchrun's store outlives a restart (--max-restarts) and still holds the killed attempt's gloo
+        # addresses under the default keys (torch 2.13): each attempt meets under keys of its own.
+        store, rank_, world = next(dist.rendezvous("env://"))
+        store = dist.PrefixStore(f"zoo/attempt{_env_int('TORCHELASTIC_RESTART_COUNT', 0)}", store)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank_,
+                                world_size=world)
         atexit.register(_leave)
     return device
 

@@ -60,9 +60,10 @@ def feed(tmp_path_factory) -> Path:
     return path
 
 
-def _solver(folder: Path, name: str, extra: str) -> Path:
+def _solver(folder: Path, name: str, extra: str, snapshot: int = 0) -> Path:
     path = folder / f"{name}.prototxt"
-    path.write_text((CASE / "solver.prototxt").read_text() + "\n" + extra + "\n")
+    text = (CASE / "solver.prototxt").read_text().replace("snapshot: 0\n", f"snapshot: {snapshot}\n")
+    path.write_text(text + "\n" + extra + "\n")
     return path
 
 
@@ -128,7 +129,7 @@ def test_two_single_process_nodes_over_127_0_0_1_equal_one_process(feed, one_pro
 
 @pytest.mark.slow
 def test_a_killed_process_restarts_the_group_which_resumes_from_the_newest_snapshot(feed, one_process, tmp_path):
-    solver = _solver(tmp_path, "solver", f'snapshot: 3\nsnapshot_prefix: "{tmp_path}/snap"')
+    solver = _solver(tmp_path, "solver", f'snapshot_prefix: "{tmp_path}/snap"', snapshot=3)
     done = subprocess.run(_torchrun("--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d",
                                     "--rdzv-endpoint", "127.0.0.1:0", "--monitor-interval", "0.1",
                                     str(REPO / "tests" / "zoo" / "_kill_once.py"),
