@@ -295,6 +295,7 @@ examples:
   zoo finetune bvlc_reference_caffenet --data train_lmdb --num-classes 20 --solver solver.prototxt -o out/
   zoo finetune bvlc_googlenet --data flow.npz --num-classes 101 --input-channels 20 --cross-modality -o temporal/
   zoo finetune bvlc_googlenet --data photos/ --num-classes 5 -o flowers/ --resume    # after an interruption
+  torchrun --nproc-per-node 2 -m zoo finetune bvlc_googlenet --data photos/ --num-classes 5 -o flowers/
 
 --data (and --val) is an image folder (one subfolder per class; class ids follow the sorted folder
 names), a Caffe ImageData list file ('path label' lines; paths relative to the list's folder), an LMDB

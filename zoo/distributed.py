@@ -117,8 +117,11 @@ def _leave() -> None:
 
 
 def describe() -> str:
-    """`process R of N` for log lines, or '' in a single process."""
-    return f", process {rank()} of {world_size()}" if world_size() > 1 else ""
+    """`, process R of N (backend)` for log lines, or '' in a single process."""
+    if world_size() == 1:
+        return ""
+    import torch.distributed as dist
+    return f", process {rank()} of {world_size()} ({dist.get_backend()})"
 
 
 # -- rank 0 alone speaks and writes -------------------------------------------------------------------

@@ -103,7 +103,7 @@ def test_two_processes_equal_one_process_with_iter_size_2(feed, one_process, tmp
                           "-m", "zoo", *_train_args(_solver(out, "solver", ""), feed, out)), CASE)
     _assert_same_training(out, one_process)
     # rank 0 alone speaks: one set of Caffe's lines, naming the group
-    assert done.stdout.count("Using device cpu") == 1 and "process 0 of 2" in done.stdout
+    assert done.stdout.count("Using device cpu") == 1 and "process 0 of 2 (gloo)" in done.stdout
     assert done.stdout.count("Optimization Done.") == 1
 
 
