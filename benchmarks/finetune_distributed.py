@@ -3,11 +3,11 @@ frozen to inception_4e, the frozen part recomputed every batch (random crops: th
 
     python benchmarks/finetune_distributed.py [--per-class 16] [--epochs 2] [--batch-size 4] [--nproc 1 2]
 
-Each run is `python -m zoo finetune ... --nproc N`: N processes of one thread each (torchrun's
-OMP_NUM_THREADS=1 when N > 1; the one-process run is given 1 thread too, so that the rows compare N cores
-against one). images_per_s counts the images of every process over process 0's training time (validation
-excluded). On a machine with fewer free cores than processes the point is that it works and what the
-exchange of gradients costs, not a speed-up.
+Each run is `python -m zoo finetune ... --nproc N` on all the machine's cores: one process gets torch's
+and onnxruntime's defaults (a thread per core); N processes get torch 1 thread each (OMP_NUM_THREADS=1, as
+torchrun sets it) and onnxruntime (the frozen part) cores/N threads each. images_per_s counts the images of every process over process 0's training
+time (validation excluded). On a machine with fewer free cores than processes the point is that it works
+and what the exchange of gradients costs, not a speed-up.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def run(prototxt: Path, weights: Path, data: Path, out: Path, nproc: int, args) 
     cmd = [sys.executable, "-m", "zoo", "finetune", str(prototxt), "--weights", str(weights), "--data", str(data),
            "--num-classes", "3", "--freeze-until", "inception_4e", "--epochs", str(args.epochs), "--batch-size",
            str(args.batch_size), "--device", "cpu", "--quiet", "-o", str(out), "--nproc", str(nproc)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("OMP_NUM_THREADS", None)  # one process: torch's default, every core; N: torchrun's 1 per process
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     return [m["images_per_s"] for m in json.loads((out / "metrics.json").read_text())["epochs"]]
 
@@ -49,7 +50,7 @@ def main() -> None:
         rows.append((n, statistics.median(rates)))
         print(f"{n} process(es): {', '.join(f'{r:.1f}' for r in rates)} img/s per epoch", flush=True)
     print(f"\ngooglenet finetune (frozen to inception_4e, recomputed), batch {args.batch_size} per process, "
-          f"{os.cpu_count()} cores on this machine, 1 thread per process")
+          f"{os.cpu_count()} cores in every row")
     print(f"{'processes':>10}{'img/s':>10}{'x 1 process':>13}")
     for n, rate in rows:
         print(f"{n:>10}{rate:10.1f}{rate / rows[0][1]:13.2f}")

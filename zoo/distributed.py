@@ -224,6 +224,13 @@ def shard_order(order: np.ndarray, n: int) -> np.ndarray:
     return order[order % world_size() == rank()] // world_size()
 
 
+def threads_per_process() -> Optional[int]:
+    """CPU threads for a runtime of one's own (onnxruntime) when several processes share this machine: its
+    cores divided among torchrun's LOCAL_WORLD_SIZE processes; None (the runtime's default) in one."""
+    local = _env_int("LOCAL_WORLD_SIZE", 1)
+    return max(1, (os.cpu_count() or 1) // local) if local > 1 else None
+
+
 def per_rank(folder):
     """A folder of its own for each process (per-process caches); the folder itself in one process."""
     return folder if world_size() == 1 else folder / f"rank{rank()}of{world_size()}"

@@ -13,6 +13,7 @@ import numpy as np
 
 from prototxt import Graph, attach_weights, build_graph, caffe_pb2
 from prototxt.graph import fill_missing, read_net
+from zoo import distributed
 
 Echo = Callable[[str], None]
 HEAD_SUFFIX = "_ft"
@@ -357,7 +358,8 @@ class FrozenPart:
             workdir.mkdir(parents=True, exist_ok=True)
             path = workdir / "frozen.onnx"
             write_model(model, arrays, path)
-            self.session = session(str(path), device="cuda" if device.type == "cuda" else "cpu")
+            self.session = session(str(path), device="cuda" if device.type == "cuda" else "cpu",
+                                   threads=distributed.threads_per_process())  # N processes share the cores
             self.names = wanted
             self.input_name = self.session.get_inputs()[0].name
         else:
