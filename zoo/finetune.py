@@ -313,6 +313,7 @@ def finetune(model: str, data: os.PathLike | str, num_classes: int, *, output: o
         "head_lr_mult": head_lr_mult, "solver": _solver_summary(cfg), "batch_size": batch_size,
         "input_channels": channels, "cross_modality": cross_modality, "cache_features": cached,
         "transform": train_transform.describe(), "seed": seed,
+        **({"processes": distributed.world_size()} if distributed.world_size() > 1 else {}),  # the epoch's split
     }
     n_epochs = math.ceil(cfg.max_iter / per_epoch)
     say(f"data: {len(train_src)} training and {len(val_src)} validation items, {num_classes} classes; "

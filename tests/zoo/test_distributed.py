@@ -202,22 +202,34 @@ def test_torchrun_refuses_log_and_nproc_as_the_readme_says(option, capsys):
 
 # -- zoo finetune -------------------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_finetune_on_two_processes_trains_writes_once_and_keeps_frozen_layers(weights_cache, tmp_path):
+def _finetune_args(weights: Path, data: Path, out: Path) -> list[str]:
+    from tests.zoo.test_finetune import GOOGLENET
+    return ["finetune", str(GOOGLENET / "net.prototxt"), "--weights", str(weights), "--data", str(data),
+            "--num-classes", "3", "--freeze-until", "inception_4e", "--epochs", "2", "--batch-size", "4",
+            "--cache-features", "--checkpoint-every", "1", "--device", "cpu", "--quiet", "-o", str(out)]
+
+
+@pytest.fixture(scope="module")
+def finetuned(weights_cache, tmp_path_factory) -> tuple[Path, Path, Path, str]:
+    """(weights, data, output folder, stdout) of `zoo finetune` on 2 processes."""
     from tests.helpers import make_weights
     from tests.zoo.test_finetune import GOOGLENET, texture_folder
     if not GOOGLENET.is_dir():
         pytest.skip(f"{GOOGLENET} is missing")
+    tmp = tmp_path_factory.mktemp("finetune")
     weights = make_weights(GOOGLENET, "layer", weights_cache[0])
-    data = texture_folder(tmp_path / "data", 6)  # 18 items: 14 to train (7 per process), 4 to validate
-    out = tmp_path / "out"
+    data = texture_folder(tmp / "data", 6)  # 18 items: 14 to train (7 per process), 4 to validate
+    out = tmp / "out"
     done = _run(_torchrun("--nproc-per-node", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
-                          "-m", "zoo", "finetune", str(GOOGLENET / "net.prototxt"), "--weights", str(weights),
-                          "--data", str(data), "--num-classes", "3", "--freeze-until", "inception_4e",
-                          "--epochs", "2", "--batch-size", "4", "--cache-features", "--device", "cpu", "--quiet",
-                          "-o", str(out)), REPO, timeout=600)
+                          "-m", "zoo", *_finetune_args(weights, data, out)), REPO, timeout=600)
+    return weights, data, out, done.stdout
+
+
+@pytest.mark.slow
+def test_finetune_on_two_processes_trains_writes_once_and_keeps_frozen_layers(finetuned):
+    weights, _, out, stdout = finetuned
     for name in ("deploy.prototxt", "finetuned.caffemodel", "finetuned.onnx", "metrics.json", "curves.png"):
-        assert done.stdout.count(f"wrote {out / name}") == 1, done.stdout[-2000:]
+        assert stdout.count(f"wrote {out / name}") == 1, stdout[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics["epochs"]] == [1, 2]
     assert metrics["epochs"][-1]["iter"] == 2 * 2  # 7 items per process in batches of 4: 2 iterations an epoch
@@ -230,6 +242,26 @@ def test_finetune_on_two_processes_trains_writes_once_and_keeps_frozen_layers(we
     for name in frozen:
         assert all(same_bits(a, b) for a, b in zip(before[name], after[name])), name
     assert not np.array_equal(before["inception_5b/1x1"][0], after["inception_5b/1x1"][0])
+
+
+@pytest.mark.slow
+def test_finetune_killed_on_one_process_resumes_from_its_checkpoint(finetuned, tmp_path):
+    weights, data, whole, _ = finetuned
+    out = tmp_path / "out"
+    done = subprocess.run(_torchrun("--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d",
+                                    "--rdzv-endpoint", "127.0.0.1:0", "--monitor-interval", "0.1",
+                                    str(REPO / "tests" / "zoo" / "_kill_once.py"), *_finetune_args(weights, data, out)),
+                          cwd=REPO, env={**_env(), "ZOO_TEST_KILL_RANK": "1", "ZOO_TEST_KILL_AT": "2"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    assert "resuming at iteration" in done.stdout
+    a, b = load_weights(whole / "finetuned.caffemodel"), load_weights(out / "finetuned.caffemodel")
+    for name in a:
+        for x, y in zip(a[name], b[name]):
+            np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-7, err_msg=name)
+    strip = lambda m: [{k: v for k, v in e.items() if k != "images_per_s"} for e in m["epochs"]]  # noqa: E731
+    assert strip(json.loads((out / "metrics.json").read_text())) == \
+        strip(json.loads((whole / "metrics.json").read_text()))
 
 
 # -- the pieces ---------------------------------------------------------------------------------------
