@@ -86,7 +86,8 @@ def main() -> int:
             worst = max(worst, err)
     if worst > 1e-5:
         problems.append(f"final weights differ by {worst:.3g} relative (allowed 1e-5)")
-    print(f"nccl_check: {n} GPUs ({torch.cuda.get_device_name(0)}), NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}: "
+    nccl = ".".join(map(str, torch.cuda.nccl.version()))
+    print(f"nccl_check: {n} GPUs ({torch.cuda.get_device_name(0)}), NCCL {nccl}: "
           f"{n} processes vs 1 process with iter_size {n}: largest relative weight difference {worst:.3g}")
     for p in problems:
         print(f"FAILED: {p}")

@@ -237,7 +237,8 @@ def test_finetune_on_two_processes_trains_writes_once_and_keeps_frozen_layers(fi
     assert sorted(p.name for p in (out / "cache").iterdir() if p.is_dir()) == ["rank0of2", "rank1of2"]
     assert len(list((out / "cache").glob("train-*-0.npy"))) == 2
     before, after = load_weights(weights), load_weights(out / "finetuned.caffemodel")
-    frozen = [n for n in before if n.split("/")[0] in ("conv1", "conv2") or n.startswith(("inception_3", "inception_4"))]
+    frozen = [n for n in before
+              if n.split("/")[0] in ("conv1", "conv2") or n.startswith(("inception_3", "inception_4"))]
     assert len(frozen) == 45
     for name in frozen:
         assert all(same_bits(a, b) for a, b in zip(before[name], after[name])), name
@@ -299,7 +300,8 @@ def test_an_epochs_order_is_shared_out_by_position(monkeypatch):
 
 def test_strip_nproc_and_newest_snapshot(tmp_path, monkeypatch):
     from zoo import distributed
-    assert distributed.strip_nproc(["train", "--nproc", "2", "--solver", "s", "--nproc=3"]) == ["train", "--solver", "s"]
+    argv = ["train", "--nproc", "2", "--solver", "s", "--nproc=3"]
+    assert distributed.strip_nproc(argv) == ["train", "--solver", "s"]
     for i in (3, 12, 6):
         (tmp_path / f"snap_iter_{i}.solverstate").write_bytes(b"")
     (tmp_path / "snap_iter_99.caffemodel").write_bytes(b"")
