@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import pytest
 
-from zoo import registry
-from zoo.cards import HEX_LENGTHS, LABELS_DIR, CardError, ModelCard, file_digest, load_card
+from zoo.hub import registry
+from zoo.hub.cards import HEX_LENGTHS, LABELS_DIR, CardError, ModelCard, file_digest, load_card
 
 CARD_FILES = sorted(registry.BUILTIN_DIR.glob("*.json"))
 ISSUE_MODELS = {
@@ -272,7 +272,7 @@ def test_unknown_model_suggests_close_names(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_cards_survive_a_copy_round_trip() -> None:
     # validate() must not mutate its input: the same dict validates twice
-    from zoo.cards import validate
+    from zoo.hub.cards import validate
     data = good_card()
     before = copy.deepcopy(data)
     validate(data, "inline", registry.BUILTIN_DIR / "bvlc_alexnet.json")

@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-import zoo.download
-from zoo.download import (
+import zoo.hub.download
+from zoo.hub.download import (
     ChecksumError,
     DownloadError,
     UnverifiedDownloadWarning,
@@ -288,7 +288,7 @@ def test_corrupt_existing_file_is_replaced(server: FileServer, dst: pathlib.Path
 
 CHILD = """
 import sys
-from zoo.download import download
+from zoo.hub.download import download
 print("ready", flush=True)
 sys.stdin.readline()
 print(download(sys.argv[1], sys.argv[2], {"sha256": sys.argv[3]}, timeout=10), flush=True)
@@ -298,7 +298,7 @@ print(download(sys.argv[1], sys.argv[2], {"sha256": sys.argv[3]}, timeout=10), f
 def test_two_processes_share_one_download(server: FileServer, dst: pathlib.Path) -> None:
     data = DATA[: 1 << 20]
     url = server.serve("/slow.bin", data, piece=64 * 1024, delay=0.03)  # about half a second
-    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(zoo.download.__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(zoo.hub.download.__file__).resolve().parents[2]))
     args = [sys.executable, "-c", CHILD, url, str(dst), hashlib.sha256(data).hexdigest()]
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     children = [subprocess.Popen(args, text=True, env=env, **pipes) for _ in range(2)]

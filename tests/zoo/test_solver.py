@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.solver import (
+from zoo.training.solver import (
     LR_POLICIES, SOLVER_TYPES, CaffeSolver, LearnableParam, SolverConfig, SolverConfigError, SolverStateError,
     learning_rate,
 )

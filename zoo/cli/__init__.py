@@ -31,19 +31,19 @@ DEBUG_ENV = "ZOO_DEBUG"
 # error cannot come from a module nobody loaded, and the error map must not import torch or onnx.
 ERRORS: list[tuple[str, str]] = [
     ("prototxt.errors", "CaffeError"),
-    ("zoo.cards", "CardError"),
-    ("zoo.registry", "UnknownModelError"),
-    ("zoo.download", "DownloadError"),
-    ("zoo.fetch", "WeightsUnavailable"),
+    ("zoo.hub.cards", "CardError"),
+    ("zoo.hub.registry", "UnknownModelError"),
+    ("zoo.hub.download", "DownloadError"),
+    ("zoo.hub.fetch", "WeightsUnavailable"),
     ("zoo.cli", "CommandError"),
-    ("zoo.runtime", "RuntimeUnavailable"),
-    ("zoo.preprocess", "ImageError"),
+    ("zoo.inference.runtime", "RuntimeUnavailable"),
+    ("zoo.inference.transform", "ImageError"),
     ("zoo.drawing", "DrawingUnavailable"),
-    ("zoo.solver", "SolverConfigError"),
-    ("zoo.solver", "SolverStateError"),
-    ("zoo.data", "DataError"),
-    ("zoo.train", "TrainError"),
-    ("zoo.finetune", "FinetuneError"),
+    ("zoo.training.solver", "SolverConfigError"),
+    ("zoo.training.solver", "SolverStateError"),
+    ("zoo.training.data", "DataError"),
+    ("zoo.training.train", "TrainError"),
+    ("zoo.training.finetune", "FinetuneError"),
     ("builtins", "OSError"),  # a folder that cannot be written, a disk that is full
 ]
 
@@ -155,8 +155,8 @@ def _list_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    from zoo import registry
-    from zoo.download import cache_dir
+    from zoo.hub import registry
+    from zoo.hub.download import cache_dir
 
     cache = cache_dir()
     rows = []
@@ -235,8 +235,8 @@ def _download_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_download(args: argparse.Namespace) -> int:
-    from zoo import registry
-    from zoo.fetch import fetch_weights
+    from zoo.hub import registry
+    from zoo.hub.fetch import fetch_weights
 
     if (args.name is None) == (args.card is None):
         raise UsageError("give a model NAME or --card FILE (one of them)")
@@ -250,7 +250,7 @@ def _run_download(args: argparse.Namespace) -> int:
 # -- zoo convert / zoo verify (zoo/convert_cmd.py) ---------------------------------------------
 
 def _lazy(name: str) -> Callable[..., Any]:
-    return getattr(importlib.import_module("zoo.convert_cmd"), name)
+    return getattr(importlib.import_module("zoo.cli.convert"), name)
 
 
 _CONVERT_EXAMPLES = """\
@@ -320,16 +320,16 @@ COMMANDS: list[Command] = [
     Command("convert", "convert a Caffe net + weights to ONNX and a standalone PyTorch folder, then check both",
             lambda p: _lazy("add_convert_arguments")(p), lambda a: _lazy("run_convert")(a), _CONVERT_EXAMPLES),
     Command("run", "classify images with a zoo model or a converted .onnx through onnxruntime (CUDA or CPU)",
-            lambda p: importlib.import_module("zoo.run_cmd").add_arguments(p),
-            lambda a: importlib.import_module("zoo.run_cmd").run(a), _RUN_EXAMPLES),
+            lambda p: importlib.import_module("zoo.cli.run").add_arguments(p),
+            lambda a: importlib.import_module("zoo.cli.run").run(a), _RUN_EXAMPLES),
     Command("verify", "run PyTorch and onnxruntime (and reference arrays) blob by blob; name the first divergence",
             lambda p: _lazy("add_verify_arguments")(p), lambda a: _lazy("run_verify")(a), _VERIFY_EXAMPLES),
     Command("train", "train a net with its Caffe solver, iteration for iteration as caffe train does",
-            lambda p: importlib.import_module("zoo.train_cmd").add_arguments(p),
-            lambda a: importlib.import_module("zoo.train_cmd").run(a), _TRAIN_EXAMPLES),
+            lambda p: importlib.import_module("zoo.cli.train").add_arguments(p),
+            lambda a: importlib.import_module("zoo.cli.train").run(a), _TRAIN_EXAMPLES),
     Command("finetune", "retrain a model's head (and what is not frozen) on new classes, the Caffe way",
-            lambda p: importlib.import_module("zoo.finetune_cmd").add_arguments(p),
-            lambda a: importlib.import_module("zoo.finetune_cmd").run(a),
+            lambda p: importlib.import_module("zoo.cli.finetune").add_arguments(p),
+            lambda a: importlib.import_module("zoo.cli.finetune").run(a),
             _FINETUNE_EXAMPLES),
 ]
 
@@ -443,7 +443,7 @@ def _version() -> str:
     except PackageNotFoundError:  # running from a source tree
         import configparser
         cfg = configparser.ConfigParser()
-        cfg.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+        cfg.read(Path(__file__).resolve().parents[2] / "setup.cfg")
         return cfg.get("metadata", "version", fallback="unknown")
 
 

@@ -39,7 +39,7 @@ def _resolve(args):
         raise UsageError("give a deploy .prototxt or a model NAME, or --card FILE (one of them)")
     if args.card is None and (model.endswith(".prototxt") or os.path.sep in model or os.path.exists(model)):
         return model, args.weights
-    from zoo import registry
+    from zoo.hub import registry
     card = registry.load_user_card(args.card) if args.card else registry.get(model)
     if card.architecture_path is not None:
         source = str(card.architecture_path)
@@ -49,7 +49,7 @@ def _resolve(args):
         source.name = card.name  # outputs are named after the card (age_net and gender_net are both "CaffeNet")
     weights = args.weights
     if weights is None:  # a zoo model: its weights from the cache, downloaded and verified the first time
-        from zoo.fetch import fetch_weights
+        from zoo.hub.fetch import fetch_weights
         path, status = fetch_weights(card)
         weights = str(path)
         if not status.startswith("verified"):
@@ -139,7 +139,7 @@ def _verify_outputs(graph, model, arrays, dynamic_batch: bool) -> None:
     from converters.torch import run, to_pytorch
     from converters.verify import random_inputs
     from zoo.cli import CommandError
-    from zoo.runtime import session
+    from zoo.inference.runtime import session
     inputs = random_inputs(graph)
     if dynamic_batch:  # one item is enough to compare, and keeps the check cheap
         inputs = [x[:1] for x in inputs]
@@ -186,7 +186,7 @@ def load_card_graph(card, weights: str | None = None, batch: int | None = None):
     """(Graph with weights, weights path) of a model card: its architecture and its cached weights."""
     from zoo.cli import CommandError
     if weights is None:
-        from zoo.fetch import fetch_weights
+        from zoo.hub.fetch import fetch_weights
         weights = str(fetch_weights(card)[0])
     elif not os.path.exists(weights):
         raise CommandError(f"{weights}: no such file")

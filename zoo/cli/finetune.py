@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--cross-modality needs --input-channels C (e.g. 20 for 10 stacked flow fields)")
     if args.solver and args.epochs is not None:
         raise UsageError("give --solver (its max_iter sets the length) or --epochs, not both")
-    from zoo.finetune import finetune
+    from zoo.training.finetune import finetune
 
     finetune(args.model, args.data, args.num_classes, output=args.output, weights=args.weights, val=args.val,
              head=args.head, head_name=args.head_name, freeze_until=args.freeze_until,

@@ -27,8 +27,8 @@ def _onnx_for(args, card) -> str:
             raise CommandError(f"{args.model}: no such file")
         return args.model
     from converters.onnx import build, write_model
-    from zoo.convert_cmd import load_card_graph
-    from zoo.download import cache_dir
+    from zoo.cli.convert import load_card_graph
+    from zoo.hub.download import cache_dir
     graph, weights = load_card_graph(card, args.weights, batch=1)
     target = cache_dir() / "onnx" / f"{card.name}.onnx"
     if not target.exists() or target.stat().st_mtime < os.path.getmtime(weights):
@@ -39,7 +39,7 @@ def _onnx_for(args, card) -> str:
 
 
 def _card(args):
-    from zoo import registry
+    from zoo.hub import registry
     if args.card:
         return registry.load_user_card(args.card)
     if args.model.endswith(".onnx"):
@@ -59,8 +59,8 @@ def _probabilities(scores: np.ndarray) -> tuple[np.ndarray, bool]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from zoo.preprocess import Transform, batches, find_images
-    from zoo.runtime import session
+    from zoo.inference.transform import Transform, batches, find_images
+    from zoo.inference.runtime import session
     card = _card(args)
     images = find_images(args.images)
     sess = session(_onnx_for(args, card), device=args.device, quiet=False)

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.weights and args.snapshot:
         raise UsageError("give --weights to finetune or --snapshot to resume, not both (as caffe train)")
-    from zoo.train import train
+    from zoo.training.train import train
 
     train(args.solver, weights=args.weights, snapshot=args.snapshot, feed=args.feed, device=args.device,
           log=args.log, output=args.output, echo=lambda line: print(line, flush=True))

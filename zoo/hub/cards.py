@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, NoReturn, cast
 
-LABELS_DIR = Path(__file__).parent / "models" / "labels"
+LABELS_DIR = Path(__file__).parent.parent / "models" / "labels"
 
 TASKS = ("classification", "detection", "face_detection", "face_landmarks", "segmentation")
 CHANNEL_ORDERS = ("BGR", "RGB", "GRAY")

@@ -12,8 +12,8 @@ class WeightsUnavailable(Exception):
 
 def fetch_weights(card, directory: Optional[Path] = None, quiet: bool = False) -> tuple[Path, str]:
     """(path, how it was verified) of the card's weights, downloading them when not cached."""
-    from zoo import cards
-    from zoo.download import ALGORITHMS, ChecksumError, UnverifiedDownloadWarning, cache_dir, download
+    from zoo.hub import cards
+    from zoo.hub.download import ALGORITHMS, ChecksumError, UnverifiedDownloadWarning, cache_dir, download
     weights = card.weights
     if not weights.urls:
         raise WeightsUnavailable(f"{card.name}: the weights cannot be downloaded automatically: {weights.how_to_get}; "

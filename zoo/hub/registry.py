@@ -14,9 +14,9 @@ import os
 import warnings
 from pathlib import Path
 
-from zoo.cards import CardError, ModelCard, load_card
+from zoo.hub.cards import CardError, ModelCard, load_card
 
-BUILTIN_DIR = Path(__file__).parent / "models" / "cards"
+BUILTIN_DIR = Path(__file__).parent.parent / "models" / "cards"
 ZOO_PATH = "ZOO_PATH"
 
 

@@ -38,8 +38,8 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from prototxt import Graph, build_graph, load_solver, save_net, write_caffemodel
-from zoo.finetune_data import ImageTransform, Source, check_labels, open_source, split, transform_for
-from zoo.finetune_net import (Cut, FinetuneError, FrozenPart, cut, operate, resolve_model,  # noqa: F401
+from zoo.training.sources import ImageTransform, Source, check_labels, open_source, split, transform_for
+from zoo.training.surgery import (Cut, FinetuneError, FrozenPart, cut, operate, resolve_model,  # noqa: F401
                               trainable_net)
 
 Echo = Callable[[str], None]
@@ -160,7 +160,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 
 def _write_json(path: Path, data) -> None:
-    from zoo.train import _atomic_write
+    from zoo.training.train import _atomic_write
     _atomic_write(str(path), (json.dumps(data, indent=1) + "\n").encode())
 
 
@@ -260,7 +260,7 @@ def finetune(model: str, data: os.PathLike | str, num_classes: int, *, output: o
     See the module docstring, and `zoo finetune --help` for each option."""
     import torch
 
-    from zoo.train import exact_float32, pick_device
+    from zoo.training.train import exact_float32, pick_device
     say = echo or (lambda line: None)
     if not isinstance(seed, int) or seed < 0:
         raise FinetuneError(f"--seed must be a non-negative integer (got {seed!r})")
@@ -363,7 +363,7 @@ def _file_id(path: Optional[str]) -> Optional[str]:
 
 
 def _solver_config(path, base_lr: Optional[float], epochs: Optional[int], batch: int, n_train: int):
-    from zoo.solver import SolverConfig
+    from zoo.training.solver import SolverConfig
     if path is not None:
         proto = load_solver(path)
         for name in ("net", "net_param", "train_net", "train_net_param", "test_net", "test_net_param", "test_iter",
@@ -389,8 +389,8 @@ def _solver_summary(cfg) -> dict:
 
 def _setup(graph, c, surgery, runtime, dev, seed, batch, cfg, per_epoch, out, progress, say):
     from converters import to_pytorch
-    from zoo.solver import CaffeSolver
-    from zoo.train import Net, learnable_params
+    from zoo.training.solver import CaffeSolver
+    from zoo.training.train import Net, learnable_params
     tnet, names, label = trainable_net(graph, c, surgery.logits)
     shapes = {names[v]: (batch, *graph.values[v].shape[1:]) for v in c.boundary}
     tgraph = build_graph(tnet, phase="train", input_shapes={**shapes, label: (batch,)},

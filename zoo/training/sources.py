@@ -25,9 +25,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from prototxt import caffe_pb2
-from zoo.data import (TEST, TRAIN, DataError, Transform, datum_image, decode_image, parse_datum, read_image_list,
+from zoo.training.data import (TEST, TRAIN, DataError, Transform, datum_image, decode_image, parse_datum, read_image_list,
                       resize_bilinear)
-from zoo.preprocess import IMAGE_SUFFIXES
+from zoo.inference.transform import IMAGE_SUFFIXES
 
 IMAGENET_MEAN_BGR = (104.0, 117.0, 123.0)
 FLOW_MEAN = 128.0  # two-stream temporal nets: flow fields scaled to 0..255, mean 128

@@ -39,7 +39,7 @@ class Model:
 
 def resolve_model(model: str, weights: Optional[str]) -> Model:
     """A zoo model name, a user card (.json) or a deploy .prototxt, with its weights."""
-    from zoo import registry
+    from zoo.hub import registry
     if model.endswith(".json"):
         card = registry.load_user_card(model)
     elif model.endswith(".prototxt") or os.path.sep in model or os.path.isfile(model):
@@ -53,7 +53,7 @@ def resolve_model(model: str, weights: Optional[str]) -> Model:
         from zoo.models import arch
         net = arch.build(card.architecture)
     if weights is None:
-        from zoo.download import cache_dir
+        from zoo.hub.download import cache_dir
         weights = str(cache_dir() / card.weights.filename)
         if not os.path.exists(weights):
             how = f"run `zoo download {card.name}`" if card.weights.urls else card.weights.how_to_get
@@ -352,7 +352,7 @@ class FrozenPart:
             self.runtime = runtime = "onnxruntime"  # its outputs are keyed by Caffe name: they must differ
         if runtime == "onnxruntime":
             from converters.onnx import build, write_model
-            from zoo.runtime import session
+            from zoo.inference.runtime import session
             model, arrays = build(fgraph)
             workdir.mkdir(parents=True, exist_ok=True)
             path = workdir / "frozen.onnx"

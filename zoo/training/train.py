@@ -27,8 +27,8 @@ from prototxt import Graph, attach_weights, build_graph, caffe_pb2, load_solver,
 from prototxt.graph import fill_missing, read_net
 from prototxt.shapes import DATA_TYPES, LOSS_TYPES
 from prototxt.upgrade import upgrade_net
-from zoo.data import TEST, TRAIN, LayerSource, open_layer_source
-from zoo.solver import CaffeSolver, LearnableParam, SolverConfig
+from zoo.training.data import TEST, TRAIN, LayerSource, open_layer_source
+from zoo.training.solver import CaffeSolver, LearnableParam, SolverConfig
 
 Echo = Callable[[str], None]
 
