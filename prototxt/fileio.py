@@ -39,3 +39,9 @@ def atomic_open(path: os.PathLike | str, mode: str = "wb", **kwargs) -> Iterator
     with atomic_path(path) as tmp:
         with open(tmp, mode, **kwargs) as f:
             yield f
+
+
+def atomic_write(path: os.PathLike | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: the old file, or all of the new one."""
+    with atomic_open(path) as f:
+        f.write(data)

@@ -354,7 +354,7 @@ def test_encoded_datums_decode_to_bgr(tmp_path):
 
 
 def test_transform_crops_at_the_centre_in_test_subtracts_the_mean_there_then_mirrors():
-    from zoo.training.data import TEST, Transform
+    from zoo.inference.transform import TEST, DataTransformer as Transform
 
     image = np.arange(2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6)
     mean = np.full((2, 5, 6), 1.0, np.float32)

@@ -1,84 +1,53 @@
-"""`zoo convert` and `zoo verify`: a Caffe net (+ weights) to ONNX and a standalone PyTorch folder."""
+"""`zoo convert`: a Caffe net + weights to ONNX and a standalone PyTorch folder, then a check of both."""
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    from zoo.cli import _input_shape
+from zoo.cli.common import CommandError, UsageError, input_shape, note
+
+HELP = "convert a Caffe net + weights to ONNX and a standalone PyTorch folder, then check both"
+EXAMPLES = """\
+examples:
+  zoo convert deploy.prototxt --weights model.caffemodel -o out/
+  zoo convert deploy.prototxt --weights model.caffemodel --input-shape data=1,3,224,224 --no-verify
+"""
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model options `zoo convert` and `zoo verify` share."""
     p.add_argument("model", nargs="?", help="a Caffe deploy .prototxt or a zoo model name (or give --card FILE)")
     p.add_argument("--weights", metavar="CAFFEMODEL", help="the .caffemodel (default: the zoo cache for a model name)")
     p.add_argument("--card", metavar="FILE", help="a user model card (JSON) instead of a built-in name")
-    p.add_argument("--input-shape", metavar="BLOB=N,C,H,W", action="append", type=_input_shape, default=[],
+    p.add_argument("--input-shape", metavar="BLOB=N,C,H,W", action="append", type=input_shape, default=[],
                    help="give or override the shape of a net input (repeatable)")
 
 
-def add_convert_arguments(p: argparse.ArgumentParser) -> None:
-    add_common(p)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
     p.add_argument("-o", "--output", metavar="DIR", type=Path, default=Path("."), help="output folder (default: .)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     p.add_argument("--no-verify", action="store_true", help="skip running both outputs on a seeded input")
     p.add_argument("--static-batch", action="store_true", help="keep the prototxt's batch size in the ONNX model")
 
 
-def add_verify_arguments(p: argparse.ArgumentParser) -> None:
-    add_common(p)
-    p.add_argument("--reference", metavar="NPZ", help="reference arrays: in/<blob> inputs and out/<blob> blobs "
-                                                      "(e.g. computed by real Caffe)")
-
-
-def _resolve(args):
-    """(prototxt path or built-in deploy NetParameter, weights path) from a path, a zoo name or a user card."""
-    from zoo.cli import CommandError, UsageError
-    model = args.model
-    if (model is None) == (args.card is None):
+def resolve_model(args: argparse.Namespace):
+    """The model the arguments name (zoo.hub.resolve), with trained weights."""
+    from zoo.hub.resolve import resolve
+    if (args.model is None) == (args.card is None):
         raise UsageError("give a deploy .prototxt or a model NAME, or --card FILE (one of them)")
-    if args.card is None and (model.endswith(".prototxt") or os.path.sep in model or os.path.exists(model)):
-        return model, args.weights
-    from zoo.hub import registry
-    card = registry.load_user_card(args.card) if args.card else registry.get(model)
-    if card.architecture_path is not None:
-        source = str(card.architecture_path)
-    else:
-        from zoo.models import arch
-        source = arch.build(card.architecture)
-        source.name = card.name  # outputs are named after the card (age_net and gender_net are both "CaffeNet")
-    weights = args.weights
-    if weights is None:  # a zoo model: its weights from the cache, downloaded and verified the first time
-        from zoo.hub.fetch import fetch_weights
-        path, status = fetch_weights(card)
-        weights = str(path)
-        if not status.startswith("verified"):
-            from zoo.cli import note
-            note(f"{card.name}: {status}")
-    elif not os.path.exists(weights):
-        raise CommandError(f"{weights}: no such file")
-    return source, weights
+    model = resolve(args.model, card=args.card, weights=args.weights)
+    if model.status and not model.status.startswith("verified"):
+        note(f"{model.card.name}: {model.status}")
+    if model.weights is None:
+        raise CommandError(f"{model.source}: conversion needs the trained weights: pass --weights MODEL.caffemodel")
+    return model
 
 
-def _read(source, weights: str, input_shapes=None):
-    """The graph with weights of a prototxt path or of a built-in NetParameter."""
-    from prototxt import attach_weights, build_graph, load_net
-    if isinstance(source, str):
-        return load_net(source, weights, input_shapes=input_shapes)
-    graph = build_graph(source, input_shapes=input_shapes, source=f"{source.name} (built-in architecture)")
-    attach_weights(graph, weights)
-    return graph
-
-
-def _load(args):
-    source, weights = _resolve(args)
-    if weights is None:
-        from zoo.cli import CommandError
-        raise CommandError(f"{source}: conversion needs the trained weights: pass --weights MODEL.caffemodel")
-    return _read(source, weights, dict(args.input_shape) or None), source if isinstance(source, str) else source.name
-
-
-def run_convert(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     importer = None if args.no_verify else _import_torch_meanwhile()
     try:
@@ -105,18 +74,16 @@ def _import_torch_meanwhile():
 
 
 def _convert(args: argparse.Namespace, start: float) -> int:
-    from zoo.cli import note
-    graph, prototxt = _load(args)
+    resolved = resolve_model(args)
+    graph = resolved.graph(dict(args.input_shape) or None)
     graph.require_shapes()
-    name = graph.name or Path(prototxt).stem
+    name = graph.name or Path(resolved.source).stem
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    from converters.folder import export_folder
-    from converters.onnx import DEFAULT_OPSET, build, write_model
-    model, arrays = build(graph, opset=args.opset or DEFAULT_OPSET, dynamic_batch=not args.static_batch)
+    from converters import export_folder, save_onnx
     onnx_path = out / f"{safe}.onnx"
-    write_model(model, arrays, onnx_path)
+    model, arrays = save_onnx(graph, onnx_path, opset=args.opset, dynamic_batch=not args.static_batch)
     folder = export_folder(graph, out / f"{safe}_pytorch")  # no torch: it is imported only to verify
     print(f"wrote {onnx_path}")
     print(f"wrote {folder}/ (model.py, weights.pt)")
@@ -136,14 +103,12 @@ def _verify_outputs(graph, model, arrays, dynamic_batch: bool) -> None:
     import numpy as np
     import onnx
 
-    from converters.torch import run, to_pytorch
-    from converters.verify import random_inputs
-    from zoo.cli import CommandError
+    from converters import random_inputs, run_pytorch, to_pytorch
     from zoo.inference.runtime import session
     inputs = random_inputs(graph)
     if dynamic_batch:  # one item is enough to compare, and keeps the check cheap
         inputs = [x[:1] for x in inputs]
-    expected = run(to_pytorch(graph), inputs)
+    expected = run_pytorch(to_pytorch(graph), inputs)
     light = onnx.ModelProto()
     light.CopyFrom(model)
     tensors = list(light.graph.initializer)
@@ -162,39 +127,3 @@ def _verify_outputs(graph, model, arrays, dynamic_batch: bool) -> None:
     if bad:
         raise CommandError(f"PyTorch and onnxruntime disagree on {', '.join(bad)}; run `zoo verify` to find "
                            f"the first layer where they part")
-
-
-def run_verify(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from converters.verify import verify
-    graph, _ = _load(args)
-    inputs = blobs = None
-    if args.reference:
-        data = np.load(args.reference)
-        inputs = [data[f"in/{graph.values[v].caffe_name}"] for v in graph.inputs]
-        blobs = {k[4:]: data[k] for k in data.files if k.startswith("out/") and "_split_" not in k}
-        shapes = {graph.values[v].caffe_name: x.shape for v, x in zip(graph.inputs, inputs)}
-        graph = _read(*_resolve(args), shapes)
-    report = verify(graph, inputs=inputs, blobs=blobs)
-    for line in report.lines():
-        print(line)
-    return 0 if report.ok else 1
-
-
-def load_card_graph(card, weights: str | None = None, batch: int | None = None):
-    """(Graph with weights, weights path) of a model card: its architecture and its cached weights."""
-    from zoo.cli import CommandError
-    if weights is None:
-        from zoo.hub.fetch import fetch_weights
-        weights = str(fetch_weights(card)[0])
-    elif not os.path.exists(weights):
-        raise CommandError(f"{weights}: no such file")
-    shapes = {card.input.blob: (batch, *card.input.shape)} if batch else None
-    if card.architecture_path is not None:
-        source = str(card.architecture_path)
-    else:
-        from zoo.models import arch
-        source = arch.build(card.architecture)
-        source.name = card.name
-    return _read(source, weights, shapes), weights

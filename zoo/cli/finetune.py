@@ -4,7 +4,31 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoo.cli import UsageError
+from zoo.cli.common import UsageError
+
+HELP = "retrain a model's head (and what is not frozen) on new classes, the Caffe way"
+EXAMPLES = """\
+examples:
+  zoo finetune bvlc_googlenet --data photos/ --num-classes 5 --freeze-until inception_4e -o flowers/
+  zoo finetune deploy.prototxt --weights model.caffemodel --data train.txt --val val.txt \\
+            --num-classes 20 --epochs 5 --batch-size 32 -o out/
+  zoo finetune bvlc_reference_caffenet --data train_lmdb --num-classes 20 --solver solver.prototxt -o out/
+  zoo finetune bvlc_googlenet --data flow.npz --num-classes 101 --input-channels 20 --cross-modality -o temporal/
+  zoo finetune bvlc_googlenet --data photos/ --num-classes 5 -o flowers/ --resume    # after an interruption
+
+--data (and --val) is an image folder (one subfolder per class; class ids follow the sorted folder
+names), a Caffe ImageData list file ('path label' lines; paths relative to the list's folder), an LMDB
+of Caffe Datum records, or an .npz with 'data' (N, C, H, W) and 'labels' (N,). Without --val, every
+5th item of a seeded permutation is held out for validation.
+Images are transformed as the model card says (a bare prototxt: resize to 8/7 of the input, crop,
+BGR, mean 104/117/123): random crops and mirroring in training, centre crops in validation.
+--cross-modality (two-stream temporal nets): the first convolution's weights are averaged over its
+3 input channels and replicated over --input-channels C; the data then has C channels (e.g. 20 = 10
+stacked optical-flow fields (dx, dy), each scaled to 0..255; mean 128).
+OUT receives deploy.prototxt + finetuned.caffemodel (the renamed head; Caffe reads them),
+finetuned.onnx, finetuned_pytorch/, finetuned_best.caffemodel (best validation accuracy),
+metrics.json, curves.png, labels.txt (image folders), checkpoints/ and cache/ (removable).
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,15 +68,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--cross-modality needs --input-channels C (e.g. 20 for 10 stacked flow fields)")
     if args.solver and args.epochs is not None:
         raise UsageError("give --solver (its max_iter sets the length) or --epochs, not both")
-    from zoo.training.finetune import finetune
+    import dataclasses
 
-    finetune(args.model, args.data, args.num_classes, output=args.output, weights=args.weights, val=args.val,
-             head=args.head, head_name=args.head_name, freeze_until=args.freeze_until,
-             head_lr_mult=args.head_lr_mult, base_lr=args.base_lr, solver=args.solver, epochs=args.epochs,
-             batch_size=args.batch_size, input_channels=args.input_channels, cross_modality=args.cross_modality,
-             cache_features=args.cache_features, frozen_runtime=args.frozen_runtime, device=args.device,
-             resume=args.resume, seed=args.seed, checkpoint_every=args.checkpoint_every, progress=not args.quiet,
-             echo=_echo)
+    from zoo.training.finetune import FinetuneOptions, finetune
+
+    names = {f.name for f in dataclasses.fields(FinetuneOptions)} - {"progress"}
+    options = FinetuneOptions(progress=not args.quiet, **{k: v for k, v in vars(args).items() if k in names})
+    finetune(args.model, args.data, args.num_classes, options, echo=_echo)
     return 0
 
 

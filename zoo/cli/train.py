@@ -3,7 +3,21 @@ from __future__ import annotations
 
 import argparse
 
-from zoo.cli import UsageError
+from zoo.cli.common import UsageError
+
+HELP = "train a net with its Caffe solver, iteration for iteration as caffe train does"
+EXAMPLES = """\
+examples:
+  zoo train --solver solver.prototxt --weights bvlc_reference_caffenet.caffemodel
+  zoo train --solver solver.prototxt --snapshot snapshots/net_iter_5000.solverstate
+  zoo train --solver solver.prototxt --weights init.caffemodel --feed batches.npz \\
+            --log log.json --output final.caffemodel --device cpu
+
+Paths in the solver (net, snapshot_prefix, data sources) are relative to the current directory, as
+in Caffe. --feed is an .npz with <blob>_<i> for every net input and iteration i (<blob>_<i>_<k> for
+the k-th of iter_size passes; test_<blob>_<j> for TEST batches); without it, the net's Data (LMDB)
+and ImageData layers are read.
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, NoReturn, cast
 
+from prototxt import CaffeError
+
 LABELS_DIR = Path(__file__).parent.parent / "models" / "labels"
 
 TASKS = ("classification", "detection", "face_detection", "face_landmarks", "segmentation")
@@ -36,7 +38,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _EXAMPLE = "see zoo/models/cards/bvlc_alexnet.json for a complete card"
 
 
-class CardError(ValueError):
+class CardError(CaffeError, ValueError):
     """A card that cannot be used; the message is one line: file, field, problem, fix."""
 
     def __init__(self, message: str) -> None:

@@ -23,6 +23,8 @@ from typing import IO, Iterator, Mapping, Sequence
 
 from tqdm import tqdm
 
+from prototxt import CaffeError
+
 __all__ = [
     "ChecksumError",
     "DownloadError",
@@ -39,7 +41,7 @@ USER_AGENT = "caffezoo"
 WEIGHTS_HINT = "if you obtain the file another way, pass it with --weights FILE"
 
 
-class DownloadError(Exception):
+class DownloadError(CaffeError):
     """A file could not be fetched. The message is one line naming every URL tried."""
 
     def __init__(self, message: str) -> None:

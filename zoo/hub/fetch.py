@@ -5,8 +5,10 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from prototxt import CaffeError
 
-class WeightsUnavailable(Exception):
+
+class WeightsUnavailable(CaffeError):
     """The card's weights cannot be downloaded automatically (one line saying how to get them)."""
 
 

@@ -14,13 +14,14 @@ import os
 import warnings
 from pathlib import Path
 
+from prototxt import CaffeError
 from zoo.hub.cards import CardError, ModelCard, load_card
 
 BUILTIN_DIR = Path(__file__).parent.parent / "models" / "cards"
 ZOO_PATH = "ZOO_PATH"
 
 
-class UnknownModelError(LookupError):
+class UnknownModelError(CaffeError, LookupError):
     """No card has that name; the message suggests close names."""
 
 

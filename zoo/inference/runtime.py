@@ -10,10 +10,12 @@ import os
 import sys
 from typing import Optional, Union
 
+from prototxt import CaffeError
+
 _reported: set[str] = set()
 
 
-class RuntimeUnavailable(Exception):
+class RuntimeUnavailable(CaffeError):
     """The requested device cannot run onnxruntime here (one line, for the CLI)."""
 
 

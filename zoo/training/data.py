@@ -7,171 +7,34 @@ Images are BGR 0..255, as OpenCV reads them (decoded here with Pillow). Caffe's 
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from prototxt import caffe_pb2
+from prototxt import CaffeError, caffe_pb2
+from zoo.inference.image import decode_image, resize_bilinear
+from zoo.inference.transform import TEST, TRAIN, DataTransformer
 
-TRAIN, TEST = "train", "test"
-
-
-class DataError(Exception):
+class DataError(CaffeError):
     """A data source that cannot be read: a missing database, an unreadable image, a bad list line."""
 
 
-# -- DataTransformer -------------------------------------------------------------------------------
-
-@dataclass
-class Transform:
-    """TransformationParameter: `(x - mean) * scale` over a crop, then a horizontal flip."""
-
-    scale: float = 1.0
-    mirror: bool = False
-    crop_size: int = 0
-    mean: Optional[np.ndarray] = None  # the mean_file image (C, H, W)
-    mean_values: tuple[float, ...] = ()
-    phase: str = TRAIN
-
-    @classmethod
-    def from_proto(cls, param: caffe_pb2.TransformationParameter, phase: str, where: str) -> "Transform":
-        mean = None
-        if param.HasField("mean_file"):
-            if param.mean_value:
-                raise DataError(f"{where}: transform_param gives both mean_file and mean_value; keep one")
-            from prototxt import CaffeError, load_blob
-            try:
-                blob = load_blob(param.mean_file)
-            except CaffeError as exc:
-                raise DataError(f"{where}: cannot read mean_file: {exc}") from None
-            mean = np.asarray(blob, dtype=np.float32).reshape(blob.shape[-3:] if blob.ndim >= 3 else (1,) + blob.shape)
-        return cls(float(np.float32(param.scale)), param.mirror, param.crop_size, mean,
-                   tuple(float(np.float32(v)) for v in param.mean_value), phase)
-
-    def output_hw(self, height: int, width: int) -> tuple[int, int]:
-        return (self.crop_size, self.crop_size) if self.crop_size else (height, width)
-
-    def __call__(self, image: np.ndarray, rng: np.random.Generator, where: str) -> np.ndarray:
-        """A (C, H, W) uint8 or float image -> the float32 (C, h, w) Caffe feeds the net."""
-        c, h, w = image.shape
-        do_mirror = self.mirror and bool(rng.integers(2))
-        crop = self.crop_size
-        h_off = w_off = 0
-        if crop:
-            if crop > h or crop > w:
-                raise DataError(f"{where}: crop_size {crop} is larger than the {h}x{w} image")
-            if self.phase == TRAIN:
-                h_off, w_off = int(rng.integers(h - crop + 1)), int(rng.integers(w - crop + 1))
-            else:
-                h_off, w_off = (h - crop) // 2, (w - crop) // 2
-            ch, cw = crop, crop
-        else:
-            ch, cw = h, w
-        x = image[:, h_off:h_off + ch, w_off:w_off + cw].astype(np.float32)
-        if self.mean is not None:
-            if self.mean.shape != (c, h, w):
-                raise DataError(f"{where}: the mean_file image is {'x'.join(map(str, self.mean.shape))} but the data "
-                                f"is {c}x{h}x{w}; they must match (Caffe reads the mean at the crop offset)")
-            x -= self.mean[:, h_off:h_off + ch, w_off:w_off + cw]
-        elif self.mean_values:
-            values = self.mean_values
-            if len(values) == 1:
-                values = values * c
-            elif len(values) != c:
-                raise DataError(f"{where}: {len(values)} mean_value entries for {c} channels; give 1 or {c}")
-            x -= np.asarray(values, dtype=np.float32).reshape(c, 1, 1)
-        if self.scale != 1.0:
-            x *= np.float32(self.scale)
-        return np.ascontiguousarray(x[:, :, ::-1]) if do_mirror else x
-
-
-# -- images ----------------------------------------------------------------------------------------
-
-def decode_image(data: bytes | str, color: Optional[bool], where: str) -> np.ndarray:
-    """An image file (path or bytes) as (C, H, W) uint8 in OpenCV's channel order.
-
-    ``color``: True -> 3 channels BGR, False -> 1 channel gray, None -> as stored (gray stays gray,
-    an alpha channel is kept as BGRA), like cv::imdecode with IMREAD_UNCHANGED.
-    """
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
-            if color is False and im.format == "JPEG":
-                im.draft("L", im.size)  # libjpeg's own grayscale output, as IMREAD_GRAYSCALE gets it
-            if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit: OpenCV keeps the high byte
-                im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
-            if color is None and (im.mode in ("LA", "PA") or (im.mode == "P" and "transparency" in im.info)):
-                im = im.convert("RGBA")  # IMREAD_UNCHANGED keeps an alpha channel: BGRA
-            elif color is True or (color is None and im.mode not in ("L", "RGB", "RGBA")):
-                im = im.convert("RGB")
-            elif color is False and im.mode not in ("L", "1", "LA"):
-                return _opencv_gray(np.asarray(im.convert("RGB"), dtype=np.uint8), im.format)[None]
-            elif color is False:
-                im = im.convert("L")
-            arr = np.asarray(im, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"{where}: could not load the image: {exc}") from None
-    if arr.ndim == 2:
-        return arr[None]
-    arr = arr.transpose(2, 0, 1)
-    return np.ascontiguousarray(arr[[2, 1, 0, 3][:arr.shape[0]]])  # RGB(A) -> BGR(A)
-
-
-def _opencv_gray(rgb: np.ndarray, fmt: Optional[str]) -> np.ndarray:
-    """A colour image's IMREAD_GRAYSCALE value: libpng's rgb_to_gray (coefficients 0.299/0.587 in
-    15-bit fixed point, truncated; grey pixels unchanged) for PNG, OpenCV's BGR2GRAY (14-bit, rounded)
-    for the other formats it decodes to colour first."""
-    r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
-    if fmt == "PNG":
-        gray = (9797 * r + 19234 * g + 3737 * b) >> 15
-        gray = np.where((r == g) & (g == b), r, gray)
-    else:
-        gray = (4899 * r + 9617 * g + 1868 * b + 8192) >> 14
-    return gray.astype(np.uint8)
-
-
-def _linear_taps(out: int, size: int, clamp_weights: bool):
-    """cv::resize INTER_LINEAR source taps and weights along one axis: half-pixel centres computed in
-    float, weights as 11-bit fixed point (INTER_RESIZE_COEF_BITS). Columns past the border take the edge
-    pixel with weight 0 (``clamp_weights``); rows keep their weight and clamp the row index."""
-    f = ((np.arange(out) + 0.5) * (1.0 / (out / size)) - 0.5).astype(np.float32)
-    lo = np.floor(f).astype(np.int64)
-    f = (f - lo).astype(np.float32)
-    if clamp_weights:
-        f[lo < 0] = 0
-        lo[lo < 0] = 0
-        edge = lo >= size - 1
-        f[edge] = 0
-        lo[edge] = size - 1
-        hi = np.minimum(lo + 1, size - 1)
-    else:
-        hi = np.clip(lo + 1, 0, size - 1)
-        lo = np.clip(lo, 0, size - 1)
-    w0 = np.rint(((1 - f) * 2048).astype(np.float32)).astype(np.int64)
-    w1 = np.rint((f * 2048).astype(np.float32)).astype(np.int64)
-    return lo, hi, w0, w1, f
-
-
-def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """cv::resize INTER_LINEAR on a (C, H, W) image, as Caffe's ReadImageToCVMat resizes: uint8 with
-    OpenCV's fixed-point arithmetic (bit-exact with OpenCV 4's), float data in float."""
-    c, h, w = image.shape
-    if (h, w) == (height, width):
-        return image
-    y0, y1, b0, b1, fy = _linear_taps(height, h, clamp_weights=False)
-    x0, x1, a0, a1, fx = _linear_taps(width, w, clamp_weights=True)
-    if image.dtype != np.uint8:  # float data (a Datum's float_data, an .npz): no rounding to 8 bits
-        img = image.astype(np.float32)
-        rows = img[:, :, x0] * (1 - fx) + img[:, :, x1] * fx
-        return (rows[:, y0] * (1 - fy)[:, None] + rows[:, y1] * fy[:, None]).astype(np.float32)
-    src = image.astype(np.int64)
-    rows = src[:, :, x0] * a0 + src[:, :, x1] * a1  # horizontal pass, scaled by 2048
-    top, bottom = rows[:, y0] >> 4, rows[:, y1] >> 4
-    out = ((top * b0[:, None]) >> 16) + ((bottom * b1[:, None]) >> 16) + 2 >> 2  # OpenCV's vertical pass
-    return np.clip(out, 0, 255).astype(np.uint8)
+def transformer(param: caffe_pb2.TransformationParameter, phase: str, where: str) -> DataTransformer:
+    """A data layer's DataTransformer from its transform_param (the mean_file read here)."""
+    mean = None
+    if param.HasField("mean_file"):
+        if param.mean_value:
+            raise DataError(f"{where}: transform_param gives both mean_file and mean_value; keep one")
+        from prototxt import load_blob
+        try:
+            blob = load_blob(param.mean_file)
+        except CaffeError as exc:
+            raise DataError(f"{where}: cannot read mean_file: {exc}") from None
+        mean = np.asarray(blob, dtype=np.float32).reshape(blob.shape[-3:] if blob.ndim >= 3 else (1,) + blob.shape)
+    return DataTransformer(float(np.float32(param.scale)), param.mirror, param.crop_size, mean,
+                           tuple(float(np.float32(v)) for v in param.mean_value), phase)
 
 
 def parse_datum(value: bytes, where: str) -> caffe_pb2.Datum:
@@ -213,6 +76,45 @@ class LayerSource:
         pass
 
 
+class LmdbDatums:
+    """An LMDB of Caffe Datum records (what Caffe's Data layer and convert_imageset use), in key order:
+    a cursor that wraps around at the end (the Data layer), or records by key (finetuning)."""
+
+    def __init__(self, path: str, where: str) -> None:
+        import lmdb
+        self.path, self.where = path, where
+        try:
+            self.env = lmdb.open(path, readonly=True, lock=False, readahead=False, max_readers=126,
+                                 subdir=os.path.isdir(path))
+            self.txn = self.env.begin(buffers=False)
+            self.cursor = self.txn.cursor()
+        except lmdb.Error as exc:
+            raise DataError(f"{where}: cannot open the LMDB '{path}': {exc}") from None
+        if not self.cursor.first():
+            self.close()
+            raise DataError(f"{where}: the LMDB '{path}' is empty")
+
+    def place(self, key: bytes) -> str:
+        return f"{self.where}: record {bytes(key)!r} of '{self.path}'"
+
+    def current(self) -> tuple[bytes, caffe_pb2.Datum]:
+        key, value = self.cursor.item()
+        return key, parse_datum(value, self.place(key))
+
+    def advance(self) -> None:
+        if not self.cursor.next():
+            self.cursor.first()
+
+    def keys(self) -> list[bytes]:
+        return [bytes(key) for key in self.txn.cursor().iternext(keys=True, values=False)]
+
+    def get(self, key: bytes) -> caffe_pb2.Datum:
+        return parse_datum(self.txn.get(key), self.place(key))
+
+    def close(self) -> None:
+        self.env.close()
+
+
 class LmdbSource(LayerSource):
     """Caffe's Data layer over an LMDB: records in key order, wrapping around at the end."""
 
@@ -230,52 +132,34 @@ class LmdbSource(LayerSource):
         if not os.path.isdir(p.source):
             raise DataError(f"{self.where}: the LMDB '{p.source}' does not exist (paths are relative to the "
                             f"directory you run from, as in Caffe)")
-        import lmdb
-        try:
-            self.env = lmdb.open(p.source, readonly=True, lock=False, readahead=False, max_readers=126)
-            self.txn = self.env.begin(buffers=False)
-            self.cursor = self.txn.cursor()
-        except lmdb.Error as exc:
-            raise DataError(f"{self.where}: cannot open the LMDB '{p.source}': {exc}") from None
-        if not self.cursor.first():
-            raise DataError(f"{self.where}: the LMDB '{p.source}' is empty")
-        self.source, self.batch_size, self.rng = p.source, p.batch_size, rng
-        self.transform = Transform.from_proto(layer.transform_param, phase, self.where)
+        self.db = LmdbDatums(p.source, self.where)
+        self.batch_size, self.rng = p.batch_size, rng
+        self.transform = transformer(layer.transform_param, phase, self.where)
         self.force = True if layer.transform_param.force_color else False if layer.transform_param.force_gray else None
         self.tops = list(layer.top)
         # data_param.rand_skip is ignored, as by Caffe since its DataReader (the ImageData layer's is used)
-        c, h, w = self._image(self._datum()).shape
+        key, datum = self.db.current()
+        c, h, w = datum_image(datum, self.force, self.db.place(key)).shape
         self.shapes = [(self.batch_size, c, *self.transform.output_hw(h, w)), (self.batch_size,)][:len(self.tops)]
-
-    def _datum(self) -> caffe_pb2.Datum:
-        key, value = self.cursor.item()
-        return parse_datum(value, f"{self.where}: record {key!r} of '{self.source}'")
-
-    def _image(self, datum: caffe_pb2.Datum) -> np.ndarray:
-        return datum_image(datum, self.force, f"{self.where}: record {self.cursor.key()!r} of '{self.source}'")
-
-    def _advance(self) -> None:
-        if not self.cursor.next():
-            self.cursor.first()
 
     def next_batch(self) -> dict[str, np.ndarray]:
         data = np.empty(self.shapes[0], dtype=np.float32)
         labels = np.empty(self.batch_size, dtype=np.float32)
         for i in range(self.batch_size):
-            datum = self._datum()
-            where = f"{self.where}: record {self.cursor.key()!r}"
-            image = self._image(datum)
+            key, datum = self.db.current()
+            where = f"{self.where}: record {key!r}"
+            image = datum_image(datum, self.force, self.db.place(key))
             out = self.transform(image, self.rng, where)
             if out.shape != data.shape[1:]:
                 raise DataError(f"{where} gives {'x'.join(map(str, out.shape))}, the batch is "
                                 f"{'x'.join(map(str, data.shape[1:]))}; every record must have the same size "
                                 f"(or set crop_size)")
             data[i], labels[i] = out, datum.label
-            self._advance()
+            self.db.advance()
         return dict(zip(self.tops, (data, labels)))
 
     def close(self) -> None:
-        self.env.close()
+        self.db.close()
 
 
 class ImageListSource(LayerSource):
@@ -292,7 +176,7 @@ class ImageListSource(LayerSource):
         self.root, self.batch_size, self.rng = p.root_folder, p.batch_size, rng
         self.size = (p.new_height, p.new_width) if p.new_height else None
         self.color, self.shuffle = p.is_color, p.shuffle
-        self.transform = Transform.from_proto(layer.transform_param, phase, self.where)
+        self.transform = transformer(layer.transform_param, phase, self.where)
         self.tops = list(layer.top)
         self.order = np.arange(len(self.lines))
         if self.shuffle:

@@ -38,9 +38,11 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from prototxt import Graph, build_graph, load_solver, save_net, write_caffemodel
-from zoo.training.sources import ImageTransform, Source, check_labels, open_source, split, transform_for
-from zoo.training.surgery import (Cut, FinetuneError, FrozenPart, cut, operate, resolve_model,  # noqa: F401
-                              trainable_net)
+from prototxt.fileio import atomic_write
+from zoo.hub.resolve import resolve
+from zoo.inference.transform import Transform
+from zoo.training.sources import Source, check_labels, open_source, split
+from zoo.training.surgery import Cut, FinetuneError, FrozenPart, cut, operate, trainable_net
 
 Echo = Callable[[str], None]
 CHECKPOINT = "checkpoints/last.pt"
@@ -73,7 +75,7 @@ class Loader:
     """Net inputs for items of a source: decoded and resized once (kept while they fit a budget), then
     cropped, mirrored and mean-subtracted for each use."""
 
-    def __init__(self, source: Source, transform: ImageTransform, budget: int = 1 << 30) -> None:
+    def __init__(self, source: Source, transform: Transform, budget: int = 1 << 30) -> None:
         self.source, self.transform, self.budget = source, transform, budget
         self.kept: dict[int, np.ndarray] = {}
         self.used = 0
@@ -160,8 +162,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 
 def _write_json(path: Path, data) -> None:
-    from zoo.training.train import _atomic_write
-    _atomic_write(str(path), (json.dumps(data, indent=1) + "\n").encode())
+    atomic_write(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 def plot_curves(metrics: Sequence[dict], path: Path) -> None:
@@ -247,80 +248,100 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def finetune(model: str, data: os.PathLike | str, num_classes: int, *, output: os.PathLike | str,
-             weights: Optional[os.PathLike | str] = None, val: Optional[os.PathLike | str] = None,
-             head: Optional[str] = None, head_name: Optional[str] = None, freeze_until: Optional[str] = None,
-             head_lr_mult: float = 10.0, base_lr: Optional[float] = None, solver: Optional[os.PathLike | str] = None,
-             epochs: Optional[int] = None, batch_size: int = 32, input_channels: Optional[int] = None,
-             cross_modality: bool = False, cache_features: bool = False, frozen_runtime: str = "auto",
-             device: str = "auto", resume: bool = False, seed: int = 0, checkpoint_every: Optional[int] = None,
-             progress: bool = True, echo: Optional[Echo] = None) -> FinetuneResult:
+@dataclass
+class FinetuneOptions:
+    """Everything `zoo finetune` takes besides the model, the data and the class count (its options)."""
+    output: os.PathLike | str                      # the output folder
+    weights: Optional[os.PathLike | str] = None    # default: the zoo cache for a model name
+    val: Optional[os.PathLike | str] = None        # default: every 5th item of the data, seeded
+    head: Optional[str] = None                     # the layer to replace (default: the last InnerProduct)
+    head_name: Optional[str] = None                # default: <head>_ft
+    freeze_until: Optional[str] = None             # this layer (or group) and everything before it
+    head_lr_mult: float = 10.0                     # the bias gets twice that
+    base_lr: Optional[float] = None                # default 0.001, or the solver's
+    solver: Optional[os.PathLike | str] = None     # a Caffe solver file; its max_iter sets the length
+    epochs: Optional[int] = None                   # default 10 (without a solver)
+    batch_size: int = 32
+    input_channels: Optional[int] = None           # with cross_modality
+    cross_modality: bool = False
+    cache_features: bool = False
+    frozen_runtime: str = "auto"                   # auto, onnxruntime or torch
+    device: str = "auto"                           # auto, cuda or cpu
+    resume: bool = False
+    seed: int = 0
+    checkpoint_every: Optional[int] = None         # iterations; default half an epoch
+    progress: bool = True                          # progress bars
+
+
+def finetune(model: str, data: os.PathLike | str, num_classes: int, options: Optional[FinetuneOptions] = None, *,
+             echo: Optional[Echo] = None, **fields) -> FinetuneResult:
     """Finetune ``model`` (a zoo name, a user card .json or a deploy .prototxt) on ``data`` (an image
     folder, a list file, an LMDB or an .npz) for ``num_classes`` classes; everything lands in ``output``.
-    See the module docstring, and `zoo finetune --help` for each option."""
+    ``options`` (or its fields as keywords, which also override a given ``options``) are
+    ``FinetuneOptions``; ``echo`` receives the progress lines. See the module docstring, and `zoo
+    finetune --help` for each option."""
+    o = dataclasses.replace(options, **fields) if options is not None else FinetuneOptions(**fields)
     import torch
 
-    from zoo.training.train import exact_float32, pick_device
+    from zoo.training.net import exact_float32, pick_device
     say = echo or (lambda line: None)
-    if not isinstance(seed, int) or seed < 0:
-        raise FinetuneError(f"--seed must be a non-negative integer (got {seed!r})")
-    if input_channels is not None and input_channels < 1:
-        raise FinetuneError(f"--input-channels must be positive (got {input_channels})")
+    if not isinstance(o.seed, int) or o.seed < 0:
+        raise FinetuneError(f"--seed must be a non-negative integer (got {o.seed!r})")
+    if o.input_channels is not None and o.input_channels < 1:
+        raise FinetuneError(f"--input-channels must be positive (got {o.input_channels})")
     if num_classes < 2:
         raise FinetuneError(f"--num-classes must be at least 2 (got {num_classes})")
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise FinetuneError(f"--checkpoint-every must be positive (got {checkpoint_every})")
-    if batch_size < 1:
-        raise FinetuneError(f"--batch-size must be positive (got {batch_size})")
-    if solver is not None and epochs is not None:
+    if o.checkpoint_every is not None and o.checkpoint_every < 1:
+        raise FinetuneError(f"--checkpoint-every must be positive (got {o.checkpoint_every})")
+    if o.batch_size < 1:
+        raise FinetuneError(f"--batch-size must be positive (got {o.batch_size})")
+    if o.solver is not None and o.epochs is not None:
         raise FinetuneError("give --solver (its max_iter sets the length) or --epochs, not both")
-    out = Path(output)
-    if (out / CHECKPOINT).is_file() and not resume:
+    out = Path(o.output)
+    if (out / CHECKPOINT).is_file() and not o.resume:
         raise FinetuneError(f"{out} already holds a finetuning run ({CHECKPOINT}); add --resume to continue it, "
                             f"or choose another output folder")
-    if resume and not (out / CHECKPOINT).is_file():
+    if o.resume and not (out / CHECKPOINT).is_file():
         raise FinetuneError(f"--resume: {out} has no checkpoint ({CHECKPOINT}) to continue from; run without --resume")
-    dev = pick_device(device)
-    if frozen_runtime not in ("auto", "onnxruntime", "torch"):
-        raise FinetuneError(f"frozen runtime must be auto, onnxruntime or torch, not {frozen_runtime!r}")
+    dev = pick_device(o.device)
+    if o.frozen_runtime not in ("auto", "onnxruntime", "torch"):
+        raise FinetuneError(f"frozen runtime must be auto, onnxruntime or torch, not {o.frozen_runtime!r}")
 
-    m = resolve_model(model, os.fspath(weights) if weights else None)
-    surgery = operate(m, num_classes, head=head, head_name=head_name, head_lr_mult=head_lr_mult,
-                      input_channels=input_channels, cross_modality=cross_modality, seed=seed, say=say)
+    m = resolve(os.fspath(model), weights=o.weights)
+    surgery = operate(m, num_classes, head=o.head, head_name=o.head_name, head_lr_mult=o.head_lr_mult,
+                      input_channels=o.input_channels, cross_modality=o.cross_modality, seed=o.seed, say=say)
     graph = surgery.graph
     in_shape = graph.values[graph.inputs[0]].shape
-    c = cut(graph, surgery.logits, surgery.head, freeze_until, surgery.replaced)
+    c = cut(graph, surgery.logits, surgery.head, o.freeze_until, surgery.replaced)
 
     channels, size = in_shape[1], tuple(in_shape[2:])
-    card = m.card if channels == (m.card.input.shape[0] if m.card else None) else None
-    transform = transform_for(size, channels, card)
-    color = {3: True, 1: False}.get(channels)
-    train_src, val_src = _sources(data, val, color, seed, num_classes)
+    transform = Transform.from_card(m.card, size, channels)  # the zoo defaults for another channel count
+    train_src, val_src = _sources(data, o.val, transform.color, o.seed, num_classes)
     runtime = None
     if c.computed:
-        runtime = frozen_runtime if frozen_runtime != "auto" else ("torch" if dev.type == "cuda" else "onnxruntime")
-    cached = bool(c.computed) and (cache_features or not transform.random)
+        runtime = o.frozen_runtime if o.frozen_runtime != "auto" else ("torch" if dev.type == "cuda" else "onnxruntime")
+    cached = bool(c.computed) and (o.cache_features or not transform.random)
     train_transform = dataclasses.replace(transform, mirror=False) if cached else transform
 
-    cfg = _solver_config(solver, base_lr, epochs, batch_size, len(train_src))
-    per_epoch = math.ceil(len(train_src) / (batch_size * cfg.iter_size))
+    cfg = _solver_config(o.solver, o.base_lr, o.epochs, o.batch_size, len(train_src))
+    per_epoch = math.ceil(len(train_src) / (o.batch_size * cfg.iter_size))
     fingerprint = {
         "model": m.source, "weights": _file_id(m.weights), "data": train_src.identity(),
-        "val": val_src.identity(), "num_classes": num_classes, "head": surgery.head, "freeze_until": freeze_until,
-        "head_lr_mult": head_lr_mult, "solver": _solver_summary(cfg), "batch_size": batch_size,
-        "input_channels": channels, "cross_modality": cross_modality, "cache_features": cached,
-        "transform": train_transform.describe(), "seed": seed,
+        "val": val_src.identity(), "num_classes": num_classes, "head": surgery.head, "freeze_until": o.freeze_until,
+        "head_lr_mult": o.head_lr_mult, "solver": _solver_summary(cfg), "batch_size": o.batch_size,
+        "input_channels": channels, "cross_modality": o.cross_modality, "cache_features": cached,
+        "transform": train_transform.describe(), "seed": o.seed,
     }
     n_epochs = math.ceil(cfg.max_iter / per_epoch)
     say(f"data: {len(train_src)} training and {len(val_src)} validation items, {num_classes} classes; "
         f"{transform.describe()}" + ("; cached: centre crops without mirroring in training too"
                                      if cached and transform.random else ""))
-    say(f"head: '{surgery.head}' ({num_classes} outputs, lr_mult {head_lr_mult:g}/{2 * head_lr_mult:g}); "
+    say(f"head: '{surgery.head}' ({num_classes} outputs, lr_mult {o.head_lr_mult:g}/{2 * o.head_lr_mult:g}); "
         f"trainable: {len(c.trainable)} layers; frozen: {len(c.frozen)} layers"
         + (f" (+{len(c.computed) - len([n for n in c.computed if n in c.frozen])} parameter-free ones after them), "
            f"run by {runtime}, outputs {'cached' if cached else 'recomputed every batch (random crops/mirroring)'}"
            if c.computed else ""))
-    say(f"{n_epochs} epochs x {per_epoch} iterations = {cfg.max_iter} iterations of batch {batch_size}"
+    say(f"{n_epochs} epochs x {per_epoch} iterations = {cfg.max_iter} iterations of batch {o.batch_size}"
         + (f" x iter_size {cfg.iter_size}" if cfg.iter_size > 1 else "") + f", {cfg.type} base_lr {cfg.base_lr:g} "
         f"{cfg.lr_policy}")
 
@@ -328,11 +349,11 @@ def finetune(model: str, data: os.PathLike | str, num_classes: int, *, output: o
     saved_rng = torch.random.get_rng_state()
     try:
         with exact_float32():
-            run, solver_ = _setup(graph, c, surgery, runtime, dev, seed, batch_size, cfg, per_epoch, out, progress, say)
+            run, solver_ = _setup(graph, c, surgery, runtime, dev, o.seed, o.batch_size, cfg, per_epoch, out, o.progress, say)
             loaders = (_loader(train_src, train_transform), _loader(val_src, dataclasses.replace(transform, mirror=False)))
-            if resume:
+            if o.resume:
                 _restore(run, solver_, fingerprint)
-            every = checkpoint_every or max(1, per_epoch // 2)
+            every = o.checkpoint_every or max(1, per_epoch // 2)
             _train(run, solver_, loaders, cached, every, fingerprint)
             return _export(run, solver_, train_src, cached)
     finally:
@@ -351,7 +372,7 @@ def _sources(data, val, color, seed: int, num_classes: int) -> tuple[Source, Sou
     return source, val_src
 
 
-def _loader(source: Source, transform: ImageTransform) -> Loader:
+def _loader(source: Source, transform: Transform) -> Loader:
     return Loader(source, transform)
 
 
@@ -390,7 +411,7 @@ def _solver_summary(cfg) -> dict:
 def _setup(graph, c, surgery, runtime, dev, seed, batch, cfg, per_epoch, out, progress, say):
     from converters import to_pytorch
     from zoo.training.solver import CaffeSolver
-    from zoo.training.train import Net, learnable_params
+    from zoo.training.net import Net, learnable_params
     tnet, names, label = trainable_net(graph, c, surgery.logits)
     shapes = {names[v]: (batch, *graph.values[v].shape[1:]) for v in c.boundary}
     tgraph = build_graph(tnet, phase="train", input_shapes={**shapes, label: (batch,)},
@@ -581,8 +602,7 @@ def _trained_blobs(run: _Run, state: dict) -> list[list[np.ndarray]]:
 def _export(run: _Run, solver, train_src: Source, cached: bool) -> FinetuneResult:
     import torch
 
-    from converters.folder import export_folder
-    from converters.onnx import build, write_model
+    from converters import export_folder, save_onnx
     out = run.out
     paths = {"prototxt": out / "deploy.prototxt", "caffemodel": out / "finetuned.caffemodel",
              "best_caffemodel": out / "finetuned_best.caffemodel", "onnx": out / "finetuned.onnx",
@@ -594,8 +614,7 @@ def _export(run: _Run, solver, train_src: Source, cached: bool) -> FinetuneResul
     for layer, blobs in zip(run.graph.layers, _trained_blobs(run, run.module.state_dict())):
         layer.blobs = blobs
     save_net(run.graph, paths["prototxt"], paths["caffemodel"])
-    model, arrays = build(run.graph)
-    write_model(model, arrays, paths["onnx"])
+    save_onnx(run.graph, paths["onnx"])
     export_folder(run.graph, paths["pytorch"])
     if train_src.classes:
         (out / "labels.txt").write_text("\n".join(train_src.classes) + "\n", encoding="utf-8")

@@ -16,6 +16,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from prototxt import CaffeError
+
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 # SolverParameter.SolverType, the legacy `solver_type` enum (upgrade_proto.cpp: UpgradeSolverType).
@@ -27,11 +29,11 @@ _SNAPSHOT_FORMATS = {0: "HDF5", 1: "BINARYPROTO"}
 _HISTORY_KEYS = {"AdaDelta": ("history", "update_history"), "Adam": ("history", "update_history")}
 
 
-class SolverConfigError(ValueError):
+class SolverConfigError(CaffeError, ValueError):
     """A SolverParameter that Caffe would refuse (a CHECK or LOG(FATAL) in the solver)."""
 
 
-class SolverStateError(ValueError):
+class SolverStateError(CaffeError, ValueError):
     """A solver state that does not fit this solver's params (Caffe: 'Incorrect length of history blobs')."""
 
 

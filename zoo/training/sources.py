@@ -18,19 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from prototxt import caffe_pb2
-from zoo.training.data import (TEST, TRAIN, DataError, Transform, datum_image, decode_image, parse_datum, read_image_list,
-                      resize_bilinear)
-from zoo.inference.transform import IMAGE_SUFFIXES
-
-IMAGENET_MEAN_BGR = (104.0, 117.0, 123.0)
-FLOW_MEAN = 128.0  # two-stream temporal nets: flow fields scaled to 0..255, mean 128
+from zoo.inference.image import IMAGE_SUFFIXES, decode_image
+from zoo.training.data import DataError, LmdbDatums, datum_image, read_image_list
 
 
 class Source:
@@ -127,35 +121,19 @@ class LmdbSource(Source):
     """Caffe's Data layer records, in key order."""
 
     def __init__(self, path: str, color: Optional[bool]) -> None:
-        import lmdb
         self.name, self.color = path, color
-        try:
-            self.env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=os.path.isdir(path))
-        except lmdb.Error as exc:
-            raise DataError(f"{path}: cannot open the LMDB: {exc}") from None
-        keys, labels = [], []
-        with self.env.begin() as txn:
-            for key, value in txn.cursor():
-                keys.append(bytes(key))
-                labels.append(self._parse(key, value).label)
-        if not keys:
-            self.env.close()
-            raise DataError(f"{path}: the LMDB is empty")
-        self.keys, self.labels = keys, np.asarray(labels, dtype=np.int64)
-
-    def _parse(self, key: bytes, value: bytes) -> caffe_pb2.Datum:
-        return parse_datum(value, f"{self.name}: record {bytes(key)!r}")
+        self.db = LmdbDatums(path, path)
+        self.keys = self.db.keys()
+        self.labels = np.asarray([self.db.get(key).label for key in self.keys], dtype=np.int64)
 
     def image(self, i: int) -> np.ndarray:
-        with self.env.begin() as txn:
-            datum = self._parse(self.keys[i], txn.get(self.keys[i]))
-        return datum_image(datum, self.color, self.where(i))
+        return datum_image(self.db.get(self.keys[i]), self.color, self.where(i))
 
     def where(self, i: int) -> str:
         return f"{self.name}: record {self.keys[i].decode(errors='replace')!r}"
 
     def close(self) -> None:
-        self.env.close()
+        self.db.close()
 
 
 class NpzSource(Source):
@@ -237,100 +215,3 @@ def split(source: Source, seed: int, every: int = 5) -> tuple[Source, Source]:
     val = np.sort(order[::every])
     train = np.setdiff1d(np.arange(len(source)), val)
     return Subset(source, train, f"{source.name} (training part)"), Subset(source, val, f"{source.name} (validation part)")
-
-
-# -- the transformation ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ImageTransform:
-    """Resize (bilinear, as ImageData's new_height/new_width), then Caffe's DataTransformer: crop
-    (random in training, centre otherwise), mirror (training only), `(x - mean) * scale`."""
-
-    channels: int
-    size: tuple[int, int]                      # the net input's H, W
-    resize: Optional[int | tuple[int, int]]    # int: shorter side; (H, W): both; None: as stored
-    crop: int                                  # 0: no crop (the resized image is the input)
-    mean: tuple[float, ...]
-    scale: float = 1.0
-    mirror: bool = True
-    channel_order: str = "BGR"                 # of the net; decoded images are BGR
-
-    @property
-    def random(self) -> bool:
-        """Whether training inputs vary from epoch to epoch (a random crop offset or mirroring)."""
-        if self.mirror:
-            return True
-        if not self.crop:
-            return False
-        return not isinstance(self.resize, tuple) or self.resize != (self.crop, self.crop)
-
-    def describe(self) -> str:
-        resize = ("as stored" if self.resize is None else f"shorter side {self.resize}" if isinstance(self.resize, int)
-                  else f"{self.resize[0]}x{self.resize[1]}")
-        crop = f", crop {self.crop} (random in training, centre in validation)" if self.crop else ""
-        mirror = ", mirror in training" if self.mirror else ""
-        mean = "/".join(f"{m:g}" for m in self.mean)
-        return (f"resize {resize}{crop}{mirror}, mean {mean}" + (f", scale {self.scale:g}" if self.scale != 1 else "")
-                + f", {self.channel_order}")
-
-    def prepare(self, image: np.ndarray, where: str) -> np.ndarray:
-        """The deterministic part: channel order and resizing (cacheable)."""
-        if image.shape[0] != self.channels:
-            raise DataError(f"{where}: {image.shape[0]} channels, but the net takes {self.channels}")
-        if self.channel_order == "RGB" and self.channels == 3:
-            image = image[::-1]
-        if self.resize is None:
-            return np.ascontiguousarray(image)
-        h, w = image.shape[1:]
-        if isinstance(self.resize, int):
-            ratio = self.resize / min(h, w)
-            target = (max(1, round(h * ratio)), max(1, round(w * ratio)))
-        else:
-            target = self.resize
-        return resize_bilinear(np.ascontiguousarray(image), *target)
-
-    def __call__(self, prepared: np.ndarray, train: bool, rng: np.random.Generator, where: str) -> np.ndarray:
-        caffe = Transform(scale=self.scale, mirror=self.mirror and train, crop_size=self.crop, mean=None,
-                          mean_values=self.mean, phase=TRAIN if train else TEST)
-        out = caffe(prepared, rng, where)
-        if out.shape[1:] != self.size:
-            raise DataError(f"{where}: the transformed image is {out.shape[2]}x{out.shape[1]}, the net takes "
-                            f"{self.size[1]}x{self.size[0]}")
-        return out
-
-
-def default_resize(size: tuple[int, int]) -> int | tuple[int, int]:
-    """The zoo's ImageNet habit (resize 256, crop 224/227) carried to other input sizes (x 8/7)."""
-    h, w = size
-    if h == w and 224 <= h <= 256:
-        return (256, 256)
-    return (round(h * 8 / 7), round(w * 8 / 7))
-
-
-def transform_for(size: tuple[int, int], channels: int, card=None, mirror: bool = True) -> ImageTransform:
-    """From a model card's input spec; for a bare prototxt (or a new channel count) the zoo defaults:
-    resize 8/7 of the input and crop, mean 104/117/123 BGR for 3 channels, 128 for any other count."""
-    spec = card.input if card is not None else None
-    if spec is not None and spec.shape[0] == channels:
-        resize = tuple(spec.resize) if isinstance(spec.resize, (list, tuple)) else spec.resize
-        crop = spec.crop or 0
-        if spec.mean is not None and spec.mean.values:
-            mean = tuple(float(v) for v in spec.mean.values)
-        else:  # a mean image: its per-channel average is what a crop of another size can use
-            mean = IMAGENET_MEAN_BGR if channels == 3 else (FLOW_MEAN,)
-        # raw_scale r: x*r/255 - mean, times scale  ==  (x - mean*255/r) * (scale*r/255)
-        r = float(spec.raw_scale)
-        mean = tuple(m * 255.0 / r for m in mean) if r != 255 else mean
-        scale = float(spec.scale) * (r / 255.0)
-        order = spec.channel_order
-        if crop and crop != size[0]:
-            crop = size[0]
-    else:
-        resize, crop = default_resize(size), size[0]
-        mean = IMAGENET_MEAN_BGR if channels == 3 else (FLOW_MEAN,)
-        scale, order = 1.0, "BGR"
-    if crop and size[0] != size[1]:
-        crop = 0  # Caffe crops squares only: resize straight to a non-square input
-    if not crop:
-        resize = size
-    return ImageTransform(channels, size, resize, crop, mean, scale, mirror, order if channels == 3 else "BGR")

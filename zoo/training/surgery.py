@@ -4,15 +4,15 @@ the cut between the frozen part and the trainable part, and the frozen part as o
 from __future__ import annotations
 
 import difflib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from prototxt import Graph, attach_weights, build_graph, caffe_pb2
-from prototxt.graph import fill_missing, read_net
+from prototxt import CaffeError, Graph, attach_weights, build_graph, caffe_pb2
+from prototxt.graph import fill_missing
+from zoo.hub.resolve import Model
 
 Echo = Callable[[str], None]
 HEAD_SUFFIX = "_ft"
@@ -23,42 +23,8 @@ DETERMINISTIC = {"ReLU", "Pooling", "LRN", "Concat", "Split", "Flatten", "Reshap
                  "MVN", "ReLU6", "Normalize", "Permute", "ShuffleChannel"}
 
 
-class FinetuneError(Exception):
+class FinetuneError(CaffeError):
     """A finetuning setup that cannot run (one line: what is wrong and what to do)."""
-
-
-# -- the model -----------------------------------------------------------------------------------
-
-@dataclass
-class Model:
-    net: caffe_pb2.NetParameter   # the upgraded deploy net
-    weights: Optional[str]
-    card: object = None
-    source: str = ""
-
-
-def resolve_model(model: str, weights: Optional[str]) -> Model:
-    """A zoo model name, a user card (.json) or a deploy .prototxt, with its weights."""
-    from zoo.hub import registry
-    if model.endswith(".json"):
-        card = registry.load_user_card(model)
-    elif model.endswith(".prototxt") or os.path.sep in model or os.path.isfile(model):
-        net, _ = read_net(model)
-        return Model(net, weights, None, model)
-    else:
-        card = registry.get(model)
-    if card.architecture_path is not None:
-        net, _ = read_net(card.architecture_path)
-    else:
-        from zoo.models import arch
-        net = arch.build(card.architecture)
-    if weights is None:
-        from zoo.hub.download import cache_dir
-        weights = str(cache_dir() / card.weights.filename)
-        if not os.path.exists(weights):
-            how = f"run `zoo download {card.name}`" if card.weights.urls else card.weights.how_to_get
-            raise FinetuneError(f"{card.name}: weights not found at {weights}; {how}, or pass --weights FILE")
-    return Model(net, weights, card, f"{card.name} (zoo model)")
 
 
 def _input_layer(net: caffe_pb2.NetParameter, blob: str) -> caffe_pb2.LayerParameter:
@@ -351,12 +317,11 @@ class FrozenPart:
         if runtime == "torch" and len({fgraph.values[w].caffe_name for w in wanted}) < len(wanted):
             self.runtime = runtime = "onnxruntime"  # its outputs are keyed by Caffe name: they must differ
         if runtime == "onnxruntime":
-            from converters.onnx import build, write_model
+            from converters import save_onnx
             from zoo.inference.runtime import session
-            model, arrays = build(fgraph)
             workdir.mkdir(parents=True, exist_ok=True)
             path = workdir / "frozen.onnx"
-            write_model(model, arrays, path)
+            save_onnx(fgraph, path)
             self.session = session(str(path), device="cuda" if device.type == "cuda" else "cpu")
             self.names = wanted
             self.input_name = self.session.get_inputs()[0].name
