@@ -21,9 +21,8 @@ def cached_onnx(model: Model) -> str:
     target = cache_dir() / "onnx" / f"{name}.onnx"
     if not target.exists() or target.stat().st_mtime < os.path.getmtime(model.weights):
         target.parent.mkdir(parents=True, exist_ok=True)
-        blob = model.net.layer[0].top[0] if model.card is None else model.card.input.blob
-        shape = None if model.card is None else {blob: (1, *model.card.input.shape)}
-        converters.save_onnx(model.graph(shape), target)
+        card = model.card
+        converters.save_onnx(model.graph({card.input.blob: (1, *card.input.shape)} if card else None), target)
     return str(target)
 
 

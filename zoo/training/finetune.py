@@ -39,7 +39,7 @@ import numpy as np
 
 from prototxt import Graph, build_graph, load_solver, save_net, write_caffemodel
 from prototxt.fileio import atomic_write
-from zoo.hub.resolve import resolve
+from zoo.hub.resolve import Model, resolve
 from zoo.inference.transform import Transform
 from zoo.training.sources import Source, check_labels, open_source, split
 from zoo.training.surgery import Cut, FinetuneError, FrozenPart, cut, operate, trainable_net
@@ -311,11 +311,9 @@ def finetune(model: str, data: os.PathLike | str, num_classes: int, options: Opt
     surgery = operate(m, num_classes, head=o.head, head_name=o.head_name, head_lr_mult=o.head_lr_mult,
                       input_channels=o.input_channels, cross_modality=o.cross_modality, seed=o.seed, say=say)
     graph = surgery.graph
-    in_shape = graph.values[graph.inputs[0]].shape
     c = cut(graph, surgery.logits, surgery.head, o.freeze_until, surgery.replaced)
 
-    channels, size = in_shape[1], tuple(in_shape[2:])
-    transform = Transform.from_card(m.card, size, channels)  # the zoo defaults for another channel count
+    transform = input_transform(m, graph)
     train_src, val_src = _sources(data, o.val, transform.color, o.seed, num_classes)
     runtime = None
     if c.computed:
@@ -329,7 +327,7 @@ def finetune(model: str, data: os.PathLike | str, num_classes: int, options: Opt
         "model": m.source, "weights": _file_id(m.weights), "data": train_src.identity(),
         "val": val_src.identity(), "num_classes": num_classes, "head": surgery.head, "freeze_until": o.freeze_until,
         "head_lr_mult": o.head_lr_mult, "solver": _solver_summary(cfg), "batch_size": o.batch_size,
-        "input_channels": channels, "cross_modality": o.cross_modality, "cache_features": cached,
+        "input_channels": transform.channels, "cross_modality": o.cross_modality, "cache_features": cached,
         "transform": train_transform.describe(), "seed": o.seed,
     }
     n_epochs = math.ceil(cfg.max_iter / per_epoch)
@@ -360,6 +358,13 @@ def finetune(model: str, data: os.PathLike | str, num_classes: int, options: Opt
         torch.random.set_rng_state(saved_rng)
         train_src.close()
         val_src.close()
+
+
+def input_transform(model: Model, graph: Graph) -> Transform:
+    """The card's transform for the (new) net's input, what training and validation apply (`zoo run`
+    builds the same from the card); the zoo defaults for a bare prototxt or another channel count."""
+    shape = graph.values[graph.inputs[0]].shape
+    return Transform.from_card(model.card, tuple(shape[2:]), shape[1])
 
 
 def _sources(data, val, color, seed: int, num_classes: int) -> tuple[Source, Source]:
