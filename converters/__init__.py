@@ -10,7 +10,7 @@
 
 The ONNX and folder paths never import torch: ``to_pytorch`` and ``verify`` import it lazily.
 """
-from .registry import LayerImpl, register_layer, registered_types
+from .registry import LayerImpl, implementation, register_layer, registered_types
 
 
 def to_onnx(graph, opset=None, dynamic_batch=True, fold=True):
@@ -56,4 +56,5 @@ def verify(graph, inputs=None, blobs=None, **kwargs):
     return _verify(graph, inputs=inputs, blobs=blobs, **kwargs)
 
 
-__all__ = ["to_onnx", "save_onnx", "to_pytorch", "export_folder", "verify", "run_pytorch", "random_inputs", "register_layer", "registered_types", "LayerImpl"]
+__all__ = ["to_onnx", "save_onnx", "to_pytorch", "export_folder", "verify", "run_pytorch", "random_inputs",
+           "register_layer", "registered_types", "implementation", "LayerImpl"]

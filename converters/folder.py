@@ -236,8 +236,8 @@ def state_arrays(p: Plan) -> dict[str, np.ndarray]:
     for step in p.steps:
         layer = step.layer
         if not isinstance(step.module, ModuleSpec):  # a user's module: its own tensors, Caffe's blobs loaded
-            from .torch import _load_blobs
-            _load_blobs(step.module, layer, step.blob_names)
+            from .blobs import load_blobs
+            load_blobs(step.module, layer, step.blob_names)
             state.update({f"{step.attr}.{k}": v.detach().cpu().numpy()
                           for k, v in step.module.state_dict().items()})
             continue

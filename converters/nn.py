@@ -72,20 +72,15 @@ def _torch_ceil_size(size, kernel, stride, pad):
     return out
 
 
-def pool_pads(size, kernel, stride, pad, out):
-    """(crop, right pad) that make a floor-mode pooling over the explicitly padded input give `out`."""
-    extra = (out - 1) * stride + kernel - size - pad
-    return (extra, 0) if extra >= 0 else (0, -extra)
-
-
 class Pooling(CaffeModule):
     """Caffe pooling: MAX ignores padding; AVE divides by the window clipped to [-pad, size+pad)."""
 
-    def __init__(self, method, kernel, stride, pad, in_size, out_size):
-        super().__init__(method=method, kernel=kernel, stride=stride, pad=pad, in_size=in_size, out_size=out_size)
-        pads = [pool_pads(in_size[i], kernel[i], stride[i], pad[i], out_size[i]) for i in range(2)]
-        self.right = [p[0] for p in pads]
-        self.crop = [p[1] for p in pads]
+    def __init__(self, method, kernel, stride, pad, in_size, out_size, right, crop):
+        # right, crop: the extra right pad or the crop per axis that make floor-mode pooling over the
+        # explicitly padded input give Caffe's out_size (converters.layers.pooling.pool_pads)
+        super().__init__(method=method, kernel=kernel, stride=stride, pad=pad, in_size=in_size, out_size=out_size,
+                         right=right, crop=crop)
+        self.right, self.crop = list(right), list(crop)
         # PyTorch's own ceil-mode pooling computes Caffe's windows and AVE divisor (it was ported from
         # Caffe) whenever it yields the same output size; it is much faster than explicit padding.
         self.native = method != "STOCHASTIC" and all(

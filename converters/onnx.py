@@ -93,18 +93,14 @@ def build(graph: Graph, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
     (the checker and the serializer would each make one).
     """
     registry.check_supported(graph)
-    missing = [l.name for l in graph.layers if l.param_shapes and not l.blobs]
-    if missing:
-        raise ValueError(f"no weights for layers {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
-                         f"load the net with its .caffemodel")
-    recurrent = any(l.type in ("LSTM", "RNN") for l in graph.layers)
+    registry.check_weights(graph)
     ctx = OnnxContext(graph, opset)
     plan = fold_affine(graph) if fold else {}
     dropped = []
     for layer in graph.layers:
         if layer.type in registry.DATA_LAYERS:
             continue
-        if layer.type in registry.TRAINING_ONLY:
+        if registry.get(layer.type).training_only:
             dropped.append(f"{layer.name} ({layer.type})")
             continue
         ctx.layer = layer
@@ -113,8 +109,9 @@ def build(graph: Graph, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
     if dropped:
         warnings.warn(ConversionNote(f"left out training-only layers: {', '.join(dropped)}"), stacklevel=3)
     outputs = [o for o in graph.outputs if graph.values[o].producer is not None
-               and graph.layer(graph.values[o].producer).type not in registry.TRAINING_ONLY]
-    dynamic = dynamic_batch and not recurrent
+               and not registry.training_only(graph.layer(graph.values[o].producer).type)]
+    dynamic = dynamic_batch and all(registry.get(l.type).dynamic_batch for l in graph.layers
+                                    if l.type not in registry.DATA_LAYERS)
     headers = [TensorProto(name=name, data_type=_ONNX_TYPES[a.dtype], dims=list(a.shape))
                for name, a in ctx.arrays.items()]
     g = helper.make_graph(ctx.nodes, graph.name or "caffe_net",

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import ast
 import functools
-import inspect
 import keyword
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -25,95 +23,7 @@ from typing import Any
 from prototxt.graph import Graph, Layer, unique_name
 
 from . import registry
-
-NN_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nn.py")
-
-
-@functools.lru_cache(maxsize=1)
-def nn_source() -> str:
-    """The text of converters/nn.py (read, never imported here: importing it imports torch)."""
-    with open(NN_SOURCE, encoding="utf-8") as f:
-        return f.read()
-
-
-@functools.lru_cache(maxsize=1)
-def _nn_tree() -> ast.Module:
-    """nn.py parsed once, for its constructor signatures and the names model.py defines."""
-    return ast.parse(nn_source())
-
-# Loss/metric layers that have a PyTorch form for training (`zoo train`).
-TRAINABLE_LOSSES = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "Accuracy"}
-
-
-@dataclass
-class ModuleSpec:
-    """A module of ``converters.nn`` by class name, with its constructor arguments by name (what the
-    module records in ``self.args``)."""
-    cls: str
-    args: dict
-
-    def build(self):
-        from . import nn
-        return getattr(nn, self.cls)(**self.args)
-
-
-@functools.lru_cache(maxsize=1)
-def _signatures() -> dict[str, inspect.Signature]:
-    """Constructor signatures of the classes in nn.py, read from its source (no torch import)."""
-    classes = {c.name: c for c in _nn_tree().body if isinstance(c, ast.ClassDef)}
-
-    def init_of(name):
-        cls = classes.get(name)
-        if cls is None:
-            return None
-        for item in cls.body:
-            if isinstance(item, ast.FunctionDef) and item.name == "__init__":
-                return item
-        for base in cls.bases:
-            found = init_of(base.id) if isinstance(base, ast.Name) else None
-            if found is not None:
-                return found
-        return None
-
-    out = {}
-    for name in classes:
-        init = init_of(name)
-        if init is None:
-            out[name] = inspect.Signature()
-            continue
-        namespace: dict[str, Any] = {}
-        exec(f"def f({ast.unparse(init.args)}): pass", namespace)  # nn.py's defaults are literals
-        params = list(inspect.signature(namespace["f"]).parameters.values())[1:]  # drop self
-        out[name] = inspect.Signature(params)
-    return out
-
-
-class _Specs:
-    """``nn_specs().Convolution(...)`` -> ModuleSpec("Convolution", {bound arguments})."""
-
-    def __getattr__(self, cls: str):
-        sig = _signatures().get(cls)
-        if sig is None:
-            raise AttributeError(f"converters.nn has no class {cls}")
-
-        def make(*args, **kwargs):
-            bound = sig.bind(*args, **kwargs)
-            bound.apply_defaults()
-            flat: dict = {}
-            for name, value in bound.arguments.items():
-                if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
-                    flat.update(value)
-                else:
-                    flat[name] = value
-            return ModuleSpec(cls, flat)
-        return make
-
-
-_SPECS = _Specs()
-
-
-def nn_specs() -> _Specs:
-    return _SPECS
+from .specs import ModuleSpec, nn_source, nn_specs, nn_tree  # noqa: F401 - folder.py imports nn_source from here
 
 
 def identifier(name: str, taken: set[str]) -> str:
@@ -130,7 +40,7 @@ def identifier(name: str, taken: set[str]) -> str:
 def model_py_names() -> frozenset[str]:
     """Names model.py defines or imports beside the net's class (nn.py's classes, functions, imports)."""
     names = {"CAFFE_NAMES", "load", "os"}
-    for node in _nn_tree().body:
+    for node in nn_tree().body:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
             names.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -192,28 +102,6 @@ class Plan:
         return out
 
 
-def _loss_spec(layer) -> ModuleSpec:
-    nn = nn_specs()
-    p = layer.proto
-    norm_names = {0: "FULL", 1: "VALID", 2: "BATCH_SIZE", 3: "NONE"}
-    lp = p.loss_param
-    if lp.HasField("normalization"):
-        norm = norm_names[lp.normalization]
-    elif lp.HasField("normalize"):
-        norm = "VALID" if lp.normalize else "BATCH_SIZE"
-    else:
-        norm = None
-    ignore = lp.ignore_label if lp.HasField("ignore_label") else None
-    if layer.type == "SoftmaxWithLoss":
-        return nn.SoftmaxWithLoss(p.softmax_param.axis, ignore, norm or "VALID")
-    if layer.type == "EuclideanLoss":
-        return nn.EuclideanLoss()
-    if layer.type == "SigmoidCrossEntropyLoss":
-        return nn.SigmoidCrossEntropyLoss(norm or "BATCH_SIZE")
-    ap = p.accuracy_param
-    return nn.Accuracy(ap.axis, ap.top_k, ap.ignore_label if ap.HasField("ignore_label") else None)
-
-
 def plan(graph: Graph, training: bool = False) -> Plan:
     """The PyTorch form of ``graph`` (see the module docstring); checks support and weights first.
 
@@ -221,10 +109,8 @@ def plan(graph: Graph, training: bool = False) -> Plan:
     layers' label tops are inputs, for `zoo train`.
     """
     registry.check_supported(graph)
-    missing = [l.name for l in graph.layers if l.param_shapes and not l.blobs]
-    if missing and not training:
-        raise ValueError(f"no weights for layers {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
-                         f"load the net with its .caffemodel")
+    if not training:
+        registry.check_weights(graph)
     attrs: set[str] = set()          # submodule names
     taken: set[str] = {"self"}       # forward()'s variables
     value_vars: dict[str, str] = {}
@@ -235,17 +121,17 @@ def plan(graph: Graph, training: bool = False) -> Plan:
     dropped: list[str] = []
     kept_losses: list[str] = []
     for layer in graph.layers:
-        if layer.type in registry.DATA_LAYERS or layer.type == "Silence":
+        if layer.type in registry.DATA_LAYERS:
             continue
-        if layer.type in registry.TRAINING_ONLY:
-            if training and layer.type in TRAINABLE_LOSSES:
-                module, blob_names = _loss_spec(layer), []
-                kept_losses.extend(layer.tops)
-            else:
+        impl = registry.get(layer.type)
+        if impl.training_only:
+            if not layer.tops:  # Silence: nothing to compute
+                continue
+            if not (training and impl.has_torch):
                 dropped.append(f"{layer.name} ({layer.type})")
                 continue
-        else:
-            module, blob_names = registry.get(layer.type).torch(layer, graph)
+            kept_losses.extend(layer.tops)
+        module, blob_names = impl.torch(layer, graph)
         attr = identifier(layer.name, attrs)
         tops = [identifier(graph.values[t].caffe_name, taken) for t in layer.tops]
         call = tops[0] if len(tops) == 1 else identifier(layer.name, taken)

@@ -25,9 +25,6 @@ from .upgrade import upgrade_net, upgrade_solver
 
 Phase = caffe_pb2.Phase
 
-# Layers that only measure (losses, metrics, Silence): dropped when their inputs are absent in a phase.
-_METRIC_TYPES = shapes.LOSS_TYPES | {"Silence"}
-
 
 class DroppedLayerWarning(UserWarning):
     """A loss/metric layer whose inputs do not exist in the chosen phase was left out."""
@@ -247,7 +244,7 @@ def _wire(net: caffe_pb2.NetParameter, source: str) -> Graph:
 
     for i, lp in enumerate(net.layer):
         name_of_layer = lp.name or f"{lp.type.lower()}_{i + 1}"  # Caffe allows unnamed layers
-        if lp.type in _METRIC_TYPES and any(b not in current and b not in produced_by for b in lp.bottom):
+        if lp.type in shapes.TRAINING_ONLY_TYPES and any(b not in current and b not in produced_by for b in lp.bottom):
             missing = [b for b in lp.bottom if b not in current]
             warnings.warn(DroppedLayerWarning(
                 f"{where}dropped {lp.type} layer '{name_of_layer}': its bottom {', '.join(missing)} is produced "

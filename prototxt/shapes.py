@@ -33,6 +33,8 @@ DATA_TYPES = {"Data", "ImageData", "MemoryData", "HDF5Data", "WindowData", "Dumm
               "AnnotatedData", "DenseImageData", "VideoData"}
 LOSS_TYPES = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "InfogainLoss",
               "MultinomialLogisticLoss", "ContrastiveLoss", "Accuracy"}
+# Layers that only train or measure (losses, metrics, Silence): a deploy net does without them.
+TRAINING_ONLY_TYPES = LOSS_TYPES | {"Silence"}
 
 
 def register_shape_rule(*types: str, replace: bool = False) -> Callable[[Rule], Rule]:

@@ -23,6 +23,11 @@ def global_stats(layer) -> bool:
 
 @register_layer("BatchNorm")
 class BatchNorm(LayerImpl):
+    statistics = True
+
+    def affine(self, layer):
+        return batch_norm_affine(layer) if global_stats(layer) and layer.blobs else None
+
     def torch(self, layer, graph):
         shape = shape_of(layer, graph)
         p = layer.proto.batch_norm_param
@@ -81,6 +86,14 @@ def emit_scale(ctx, layer, axis, operand_shape, weight: str | None, bias) -> Non
 
 @register_layer("Scale")
 class Scale(LayerImpl):
+    def affine(self, layer):
+        p = layer.proto.scale_param
+        if len(layer.bottoms) != 1 or not layer.blobs or p.axis != 1 or p.num_axes != 1:
+            return None
+        a = np.asarray(layer.blobs[0], dtype=np.float64).reshape(-1)
+        b = np.asarray(layer.blobs[1], dtype=np.float64).reshape(-1) if p.bias_term else np.zeros_like(a)
+        return a, b
+
     def torch(self, layer, graph):
         p = layer.proto.scale_param
         axis, shape = scale_geometry(layer, graph, p)
@@ -121,6 +134,8 @@ class Bias(LayerImpl):
 
 @register_layer("LRN")
 class LRN(LayerImpl):
+    deterministic = True
+
     def _args(self, layer):
         p = layer.proto.lrn_param
         region = "ACROSS_CHANNELS" if p.norm_region == 0 else "WITHIN_CHANNEL"
@@ -171,6 +186,8 @@ def emit_divide_by_power(ctx, x: str, base: str, beta: float, y: str) -> None:
 
 @register_layer("MVN")
 class MVN(LayerImpl):
+    deterministic = True
+
     def _args(self, layer):
         p = layer.proto.mvn_param
         return dict(normalize_variance=p.normalize_variance, across_channels=p.across_channels, eps=p.eps)

@@ -88,12 +88,19 @@ def _convert(args: argparse.Namespace, start: float) -> int:
     print(f"wrote {onnx_path}")
     print(f"wrote {folder}/ (model.py, weights.pt)")
     if not args.no_verify:
-        dynamic = not args.static_batch and not any(l.type in ("LSTM", "RNN", "Reshape") for l in graph.layers)
+        dynamic = not args.static_batch and all(_any_batch(l.type) for l in graph.layers)
         _verify_outputs(graph, model, arrays, dynamic)
     sys.stdout.flush()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 ** 2)
     note(f"{time.perf_counter() - start:.1f} s, peak RSS {peak:.0f} MB")
     return 0
+
+
+def _any_batch(layer_type: str) -> bool:
+    """Whether the layer runs at another batch than the net's (``LayerImpl.any_batch``; data layers do)."""
+    from converters import implementation
+    impl = implementation(layer_type)
+    return impl is None or impl.any_batch
 
 
 def _verify_outputs(graph, model, arrays, dynamic_batch: bool) -> None:

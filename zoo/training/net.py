@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from converters import implementation
 from prototxt import CaffeError, Graph
 from zoo.training.solver import LearnableParam
 
@@ -54,9 +55,15 @@ def tensor_at(module: torch.nn.Module, key: str) -> torch.Tensor:
     return getattr(module.get_submodule(owner) if owner else module, attr)
 
 
+def _statistics(layer) -> bool:
+    """Whether the layer's blobs are statistics its forward pass updates (``LayerImpl.statistics``)."""
+    impl = implementation(layer.type)
+    return impl is not None and impl.statistics
+
+
 def _own_lr_mult(layer, i: int) -> float:
     """The lr_mult a layer itself gives its blob i (Caffe's param_propagate_down is this != 0)."""
-    if layer.type == "BatchNorm":
+    if _statistics(layer):
         return 0.0  # BatchNormLayer masks its statistics with lr_mult 0
     proto = layer.proto.param
     return proto[i].lr_mult if i < len(proto) and proto[i].HasField("lr_mult") else 1.0
@@ -92,7 +99,7 @@ def learnable_params(net: Net) -> list[LearnableParam]:
                 continue
             blobs[id(tensor)] = tensor
             lr_mult, decay_mult = (spec.lr_mult, spec.decay_mult) if spec is not None else (1.0, 1.0)
-            if layer.type == "BatchNorm":
+            if _statistics(layer):
                 if lr_mult != 0 and spec is not None and layer.proto.param[i].HasField("lr_mult"):
                     raise TrainError(f"layer '{layer.name}': BatchNorm statistics cannot be learned (lr_mult "
                                      f"{lr_mult:g} on blob {i}); set lr_mult: 0 or remove the param entries")

@@ -10,17 +10,13 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from prototxt import CaffeError, Graph, attach_weights, build_graph, caffe_pb2
-from prototxt.graph import fill_missing
+from converters import implementation
+from prototxt import (CaffeError, Graph, attach_weights, build_graph, caffe_pb2, fill, fill_missing, layer_fillers,
+                      unique_name)
 from zoo.hub.resolve import Model
 
 Echo = Callable[[str], None]
 HEAD_SUFFIX = "_ft"
-# Layers without parameters whose output is a fixed function of their inputs: when every input is
-# frozen, they are computed with the frozen part (not Dropout, not BatchNorm: training changes them).
-DETERMINISTIC = {"ReLU", "Pooling", "LRN", "Concat", "Split", "Flatten", "Reshape", "Eltwise", "Power", "AbsVal",
-                 "Sigmoid", "TanH", "ELU", "BNLL", "Exp", "Log", "Threshold", "Clip", "Swish", "Crop", "Slice",
-                 "MVN", "ReLU6", "Normalize", "Permute", "ShuffleChannel"}
 
 
 class FinetuneError(CaffeError):
@@ -124,7 +120,6 @@ def operate(model: Model, num_classes: int, *, head: Optional[str], head_name: O
     graph = build_graph(net, source=model.source, input_shapes={blob: (shape[0], channels, *shape[2:])})
     by_name = {l.name: l for l in base.layers}
     rng = np.random.default_rng([seed, 4])
-    from prototxt.fillers import fill, layer_fillers
     for layer in graph.layers:
         if layer.name == new_name:
             fillers = layer_fillers(layer.proto, len(layer.param_shapes))
@@ -235,7 +230,7 @@ def cut(graph: Graph, logits: str, head: str, freeze_until: Optional[str], repla
     computed = {n for n in frozen if n in needed and graph.layer(n).type != "Input"}
     if computed:
         for layer in graph.layers:  # absorb deterministic parameter-free layers fed only by the frozen part
-            if (layer.name in needed and layer.name not in computed and layer.type in DETERMINISTIC
+            if (layer.name in needed and layer.name not in computed and _deterministic(layer.type)
                     and not layer.param_shapes and all(graph.values[b].producer in computed or b in inputs for b in layer.bottoms)):
                 computed.add(layer.name)
     order = [l.name for l in graph.layers]
@@ -247,6 +242,13 @@ def cut(graph: Graph, logits: str, head: str, freeze_until: Optional[str], repla
                 boundary.append(b)
     return Cut([n for n in order if n in frozen and graph.layer(n).type != "Input"],
                [n for n in order if n in computed], trainable, boundary)
+
+
+def _deterministic(layer_type: str) -> bool:
+    """Parameter-free with an output fixed by its inputs (``LayerImpl.deterministic``): when every input is
+    frozen, the layer is computed with the frozen part."""
+    impl = implementation(layer_type)
+    return impl is not None and impl.deterministic
 
 
 def trainable_net(graph: Graph, c: Cut, logits: str) -> tuple[caffe_pb2.NetParameter, dict[str, str], str]:
@@ -285,7 +287,6 @@ def trainable_net(graph: Graph, c: Cut, logits: str) -> tuple[caffe_pb2.NetParam
 
 
 def _fresh(name: str, taken: set[str]) -> str:
-    from prototxt.graph import unique_name
     return unique_name(name, taken)
 
 

@@ -22,11 +22,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from prototxt import Graph, attach_weights, build_graph, caffe_pb2, load_solver, write_caffemodel
+from converters import implementation, registered_types, to_pytorch
+from prototxt import (DATA_TYPES, Graph, attach_weights, build_graph, caffe_pb2, fill_missing, load_solver, read_net,
+                      upgrade_net, write_caffemodel)
 from prototxt.fileio import atomic_write
-from prototxt.graph import fill_missing, read_net
-from prototxt.shapes import DATA_TYPES, LOSS_TYPES
-from prototxt.upgrade import upgrade_net
 from zoo.training.data import TEST, TRAIN, LayerSource, open_layer_source
 from zoo.training.net import (Net, TrainError, describe_device, exact_float32, forward, layer_blobs, learnable_params,
                               loss_weights, pick_device, share_trained_layers)
@@ -242,9 +241,6 @@ def _batches(graph0: Graph, phase: str, feed: Optional[str], prefix: str,
 def build_net(spec: NetSpec, phase: str, *, feed: Optional[str], feed_prefix: str, rng: np.random.Generator,
               weights: Sequence[str], seed: int, device: torch.device, start_iter: int = 0) -> Net:
     """Phase-filtered graph shaped by its batches, weights copied by name (fillers for the rest), module."""
-    from converters import to_pytorch
-    from converters.plan import TRAINABLE_LOSSES
-
     common = dict(phase=phase, stages=spec.stages, level=spec.level, source=spec.source)
     graph0 = build_graph(spec.net, **common)
     batches = _batches(graph0, phase, feed, feed_prefix, rng)
@@ -253,11 +249,11 @@ def build_net(spec: NetSpec, phase: str, *, feed: Optional[str], feed_prefix: st
         for path in weights:
             attach_weights(graph, path)
         fill_missing(graph, seed=max(seed, 0))
-        untrainable = sorted({f"{l.type} ({l.name})" for l in graph.layers
-                              if l.type in LOSS_TYPES and l.type not in TRAINABLE_LOSSES})
+        untrainable = sorted({f"{l.type} ({l.name})" for l in graph.layers if l.tops and not _has_torch(l.type)})
         if untrainable:
+            losses = sorted(t for t in registered_types() if implementation(t).training_only and _has_torch(t))
             raise TrainError(f"{spec.source}: no PyTorch form for the loss layer{'s' if len(untrainable) > 1 else ''} "
-                             f"{', '.join(untrainable)} (zoo train has {', '.join(sorted(TRAINABLE_LOSSES))})")
+                             f"{', '.join(untrainable)} (zoo train has {', '.join(losses)})")
         module = to_pytorch(graph, training=True).to(device)
         if phase == TEST:
             module.eval()
@@ -265,6 +261,11 @@ def build_net(spec: NetSpec, phase: str, *, feed: Optional[str], feed_prefix: st
     except BaseException:
         batches.close()
         raise
+
+
+def _has_torch(layer_type: str) -> bool:
+    impl = implementation(layer_type)
+    return impl is None or impl.has_torch  # None: a data layer, or a type to_pytorch refuses by name
 
 
 # -- snapshots ----------------------------------------------------------------------------------------
