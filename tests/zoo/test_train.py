@@ -481,3 +481,18 @@ def test_a_solverstate_of_another_solver_type_is_refused(tmp_path, monkeypatch, 
                                 "--snapshot", str(tmp_path / "adam_iter_1.solverstate")])
     assert code == 1 and "\n" not in err
     assert "incorrect length of history blobs: got 16, a SGD solver over 8 params keeps 8" in err
+
+
+def test_a_loss_without_a_torch_form_is_refused_by_name(tmp_path, monkeypatch):
+    from zoo.training.train import TrainError, train
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(
+        'name: "n"\nlayer { name: "in" type: "Input" top: "x" top: "t" input_param { shape { dim: 2 dim: 3 } '
+        'shape { dim: 2 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip" inner_product_param { num_output: 3 } }\n'
+        'layer { name: "hinge" type: "HingeLoss" bottom: "ip" bottom: "t" top: "loss" }\n')
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 1\n')
+    np.savez(tmp_path / "feed.npz", x_0=np.zeros((2, 3), np.float32), t_0=np.zeros(2, np.float32))
+    with pytest.raises(TrainError, match=r"no PyTorch form for the loss layer HingeLoss \(hinge\) \(zoo train has "
+                                         r"Accuracy, EuclideanLoss, SigmoidCrossEntropyLoss, SoftmaxWithLoss\)"):
+        train("solver.prototxt", feed="feed.npz", device="cpu")
