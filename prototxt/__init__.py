@@ -10,7 +10,7 @@ from .graph import (Graph, Layer, ParamSpec, Value, WeightsReport, attach_weight
                     load_solver, read_net, save_net, unique_name)
 from .shapes import DATA_TYPES, LOSS_TYPES, TRAINING_ONLY_TYPES
 from .text import to_text
-from .upgrade import upgrade_net
+from .upgrade import upgrade_net, upgrade_solver
 from .weights import load_blob, load_weights, read_caffemodel, write_blob, write_caffemodel
 
 __all__ = [
@@ -18,5 +18,5 @@ __all__ = [
     "UnsupportedLayers", "WeightsError", "Graph", "Layer", "ParamSpec", "Value", "WeightsReport", "attach_weights", "build_graph",
     "load_net", "load_solver", "read_net", "save_net", "load_blob", "load_weights", "read_caffemodel",
     "write_blob", "write_caffemodel", "fill", "layer_fillers", "fill_missing", "unique_name", "DATA_TYPES",
-    "LOSS_TYPES", "TRAINING_ONLY_TYPES", "to_text", "upgrade_net",
+    "LOSS_TYPES", "TRAINING_ONLY_TYPES", "to_text", "upgrade_net", "upgrade_solver",
 ]

@@ -1,4 +1,4 @@
-"""zoo.download against a real HTTP server on 127.0.0.1, so no test needs the network."""
+"""zoo.hub.download against a real HTTP server on 127.0.0.1, so no test needs the network."""
 
 from __future__ import annotations
 

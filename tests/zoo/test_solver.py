@@ -1,4 +1,4 @@
-"""zoo.solver against Caffe: lr policies and whole training runs from real Caffe trajectories
+"""zoo.training.solver against Caffe: lr policies and whole training runs from real Caffe trajectories
 (shared/reference/solvers), and every update rule against a float64 replay of the documented formulas."""
 
 from __future__ import annotations

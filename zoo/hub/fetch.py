@@ -23,7 +23,7 @@ def fetch_weights(card, directory: Optional[Path] = None, quiet: bool = False) -
     dst = Path(directory or cache_dir()) / weights.filename
     given = dict(weights.checksum or {})
     # download() checks the strongest of the algorithms it knows; git_blob_sha1 (a git object id) is
-    # checked here afterwards, the way zoo.cards computes it.
+    # checked here afterwards, the way zoo.hub.cards computes it.
     usable = {a: given[a] for a in ALGORITHMS if a in given}
     with warnings.catch_warnings():
         if not usable and "git_blob_sha1" in given:

@@ -6,7 +6,7 @@ weights never load into it, gets ``num_classes`` outputs and its fillers' values
 ``head_lr_mult`` (weights) and twice that (bias); the other layers keep their own ``param`` specs (1/2
 when they have none). ``freeze_until`` (a layer name or a group prefix such as ``inception_4e``) freezes
 that layer and everything it depends on: lr_mult 0, BatchNorm on its stored statistics, weights
-bit-identical in every output. Caffe's SGD (``zoo.solver.CaffeSolver``) with the step policy, or a
+bit-identical in every output. Caffe's SGD (``zoo.training.solver.CaffeSolver``) with the step policy, or a
 solver file, drives a SoftmaxWithLoss + Accuracy put on the logits.
 
 The net is cut in two at the frozen part's boundary blobs. The frozen part runs without autograd, in

@@ -16,12 +16,10 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from prototxt import CaffeError
+from prototxt import CaffeError, caffe_pb2, upgrade_solver
 
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
-# SolverParameter.SolverType, the legacy `solver_type` enum (upgrade_proto.cpp: UpgradeSolverType).
-LEGACY_SOLVER_TYPES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
 _SOLVER_MODES = {0: "CPU", 1: "GPU"}
 _SNAPSHOT_FORMATS = {0: "HDF5", 1: "BINARYPROTO"}
 # Caffe's history_ holds one blob per learnable param; AdaDelta and Adam append a second set after
@@ -92,7 +90,14 @@ class SolverConfig:
 
     @classmethod
     def from_proto(cls, msg: Any) -> SolverConfig:
-        """Build from any generated caffe_pb2.SolverParameter (reads fields by name only)."""
+        """Build from any generated caffe_pb2.SolverParameter (read as ours, legacy fields upgraded by
+        ``prototxt.upgrade_solver``: the ``solver_type`` enum becomes ``type``)."""
+        if not isinstance(msg, caffe_pb2.SolverParameter):  # another build of caffe.proto: same field numbers
+            msg = caffe_pb2.SolverParameter.FromString(msg.SerializeToString())
+        try:
+            msg = upgrade_solver(msg)
+        except CaffeError as exc:
+            raise SolverConfigError(str(exc)) from None
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
             if not hasattr(msg, f.name):  # an older caffe.proto without this field
@@ -105,11 +110,6 @@ class SolverConfig:
             elif "enum" in f.metadata:
                 value = _enum_name(f.name, value, f.metadata["enum"])
             kwargs[f.name] = value
-        if hasattr(msg, "solver_type") and msg.HasField("solver_type"):
-            if msg.HasField("type"):
-                raise SolverConfigError(
-                    "both solver_type (legacy enum) and type are set; Caffe refuses this, keep only type")
-            kwargs["type"] = _enum_name("solver_type", msg.solver_type, LEGACY_SOLVER_TYPES)
         return cls(**kwargs)
 
 

@@ -3,13 +3,13 @@
 The solver file and its nets are read as Caffe reads them (paths relative to the current
 directory), weights are copied by layer name, and every iteration is Caffe's Solver::Step:
 zero the diffs; `iter_size` forward/backward passes of the weighted loss sum; the reported loss is
-their mean; ApplyUpdate (``zoo.solver.CaffeSolver``). Display lines, TEST phases, snapshots
+their mean; ApplyUpdate (``zoo.training.solver.CaffeSolver``). Display lines, TEST phases, snapshots
 (`<prefix>_iter_N.caffemodel` + `.solverstate` in Caffe's binary formats) and resuming (also from
 a `.solverstate` that Caffe wrote) follow Caffe's Solver.
 
 Batches come from an .npz (``feed``: ``<blob>_<i>`` for iteration i, ``<blob>_<i>_<k>`` for its
 k-th iter_size pass; ``test_<blob>_<j>`` for the j-th TEST batch) or from the net's own Data (LMDB)
-and ImageData layers (``zoo.data``).
+and ImageData layers (``zoo.training.data``).
 """
 from __future__ import annotations
 
