@@ -52,3 +52,25 @@ def note(message: str) -> None:
 
 def one_line(message: str) -> str:
     return " ".join(message.split())
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model options `zoo convert` and `zoo verify` share."""
+    p.add_argument("model", nargs="?", help="a Caffe deploy .prototxt or a zoo model name (or give --card FILE)")
+    p.add_argument("--weights", metavar="CAFFEMODEL", help="the .caffemodel (default: the zoo cache for a model name)")
+    p.add_argument("--card", metavar="FILE", help="a user model card (JSON) instead of a built-in name")
+    p.add_argument("--input-shape", metavar="BLOB=N,C,H,W", action="append", type=input_shape, default=[],
+                   help="give or override the shape of a net input (repeatable)")
+
+
+def resolve_model(args: argparse.Namespace):
+    """The model the arguments name (zoo.hub.resolve), with trained weights."""
+    from zoo.hub.resolve import resolve
+    if (args.model is None) == (args.card is None):
+        raise UsageError("give a deploy .prototxt or a model NAME, or --card FILE (one of them)")
+    model = resolve(args.model, card=args.card, weights=args.weights)
+    if model.status and not model.status.startswith("verified"):
+        note(f"{model.card.name}: {model.status}")
+    if model.weights is None:
+        raise CommandError(f"{model.source}: conversion needs the trained weights: pass --weights MODEL.caffemodel")
+    return model

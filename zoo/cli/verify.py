@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from zoo.cli.convert import add_model_arguments, resolve_model
+from zoo.cli.common import add_model_arguments, resolve_model
 
 HELP = "run PyTorch and onnxruntime (and reference arrays) blob by blob; name the first divergence"
 EXAMPLES = """\

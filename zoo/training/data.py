@@ -1,21 +1,22 @@
 """Caffe's data layers for `zoo train`: Data (an LMDB of Datum records), ImageData (a list file of
-`path label` lines) and the DataTransformer that both apply (crop, mirror, mean, scale).
+`path label` lines), each with the DataTransformer of its transform_param (crop, mirror, mean, scale;
+``zoo.inference.transform``).
 
-Images are BGR 0..255, as OpenCV reads them (decoded here with Pillow). Caffe's random numbers
+Images are BGR 0..255, as OpenCV reads them (``zoo.inference.image``). Caffe's random numbers
 (crop offsets, mirroring, shuffling) cannot be reproduced; ours come from a numpy Generator that
 `zoo train` seeds with the solver's `random_seed`.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from prototxt import CaffeError, caffe_pb2
 from zoo.inference.image import decode_image, resize_bilinear
-from zoo.inference.transform import TEST, TRAIN, DataTransformer
+from zoo.inference.transform import TEST, TRAIN, DataTransformer  # noqa: F401 - TEST, TRAIN: the phases, for callers
+
 
 class DataError(CaffeError):
     """A data source that cannot be read: a missing database, an unreadable image, a bad list line."""
