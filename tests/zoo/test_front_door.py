@@ -204,3 +204,25 @@ def test_anything_else_is_a_bug_report_line_without_traceback(monkeypatch, capsy
     assert cli.main(["list"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and err.endswith("set ZOO_DEBUG=1 for the traceback\n")
+
+
+def test_the_cached_onnx_file_follows_the_weights(tmp_path, monkeypatch):
+    """`zoo run` / ``zoo.load(backend="onnxruntime")`` convert once per weights file, never serving a model
+    converted from other weights."""
+    from prototxt import build_graph, fill_missing, read_net, write_caffemodel
+    from zoo.hub.resolve import resolve
+    from zoo.inference.classify import cached_onnx
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "cache"))
+    net = tmp_path / "tiny.prototxt"
+    net.write_text('name: "tiny"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 4 dim: 4 }\n'
+                   'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+                   'inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }\n')
+    paths = []
+    for seed in (1, 2):
+        graph = build_graph(read_net(net)[0])
+        fill_missing(graph, seed=seed)
+        weights = tmp_path / f"w{seed}.caffemodel"
+        write_caffemodel(weights, graph.name, [(l.proto.SerializeToString(), l.blobs) for l in graph.layers])
+        paths.append(cached_onnx(resolve(str(net), weights=weights)))
+    assert paths[0] != paths[1] and all(Path(p).is_file() for p in paths)
+    assert cached_onnx(resolve(str(net), weights=tmp_path / "w1.caffemodel")) == paths[0]

@@ -2,6 +2,7 @@
 and weights), an onnxruntime session, the card's transform, top-k probabilities."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -15,11 +16,14 @@ from zoo.inference.transform import Transform
 
 
 def cached_onnx(model: Model) -> str:
-    """The model's .onnx file in the cache (batch 1), converted again when the weights are newer."""
+    """The model's .onnx file in the cache (batch 1, symbolic), converted once per weights file: the
+    name carries the weights' path, size and modification time, so other weights never get a stale file."""
     import converters
     name = model.card.name if model.card is not None else Path(model.source).stem
-    target = cache_dir() / "onnx" / f"{name}.onnx"
-    if not target.exists() or target.stat().st_mtime < os.path.getmtime(model.weights):
+    st = os.stat(model.weights)
+    key = hashlib.sha1(f"{os.path.abspath(model.weights)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "onnx" / f"{name}-{key}.onnx"
+    if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         card = model.card
         converters.save_onnx(model.graph({card.input.blob: (1, *card.input.shape)} if card else None), target)
