@@ -226,3 +226,12 @@ def test_the_cached_onnx_file_follows_the_weights(tmp_path, monkeypatch):
         paths.append(cached_onnx(resolve(str(net), weights=weights)))
     assert paths[0] != paths[1] and all(Path(p).is_file() for p in paths)
     assert cached_onnx(resolve(str(net), weights=tmp_path / "w1.caffemodel")) == paths[0]
+
+
+def test_zoo_run_on_a_prototxt_without_weights_is_one_line(tmp_path, capsys):
+    net = tmp_path / "net.prototxt"
+    net.write_text('name: "n"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n')
+    image = _photo(tmp_path / "a.png", (8, 8))
+    assert cli.main(["run", str(net), str(image)]) == 1
+    assert capsys.readouterr().err.strip().endswith("running it needs the trained weights: pass --weights "
+                                                    "MODEL.caffemodel")
