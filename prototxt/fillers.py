@@ -12,8 +12,14 @@ from typing import Optional
 import numpy as np
 
 from . import caffe_pb2
+from .errors import GraphError
 
 FillerParameter = caffe_pb2.FillerParameter
+FILLERS = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")  # filler.hpp
+
+
+def _fmt(shape) -> str:
+    return "x".join(map(str, shape)) or "scalar"
 
 
 def _fans(shape) -> tuple[int, int]:
@@ -51,8 +57,11 @@ def fill(filler: Optional[FillerParameter], shape, rng: np.random.Generator) -> 
         flat = out.reshape(shape[0], -1)
         out = (flat / flat.sum(axis=1, keepdims=True)).reshape(shape)
     elif kind == "bilinear":
-        if len(shape) != 4 or shape[2] != shape[3]:
-            raise ValueError(f"the bilinear filler needs a square 4-D blob, not {shape}")
+        if len(shape) != 4:
+            raise GraphError(f"the bilinear filler needs a 4-D blob (Caffe: 'Blob must be 4 dim.'), not {_fmt(shape)}")
+        if shape[2] != shape[3]:
+            raise GraphError(f"the bilinear filler needs a square kernel (Caffe: 'Filter must be square'), "
+                             f"not {_fmt(shape)}")
         k = shape[3]
         factor = math.ceil(k / 2.0)
         center = (2 * factor - 1 - factor % 2) / (2.0 * factor)
@@ -60,7 +69,7 @@ def fill(filler: Optional[FillerParameter], shape, rng: np.random.Generator) -> 
         w1 = 1 - np.abs(x / factor - center)
         out = np.broadcast_to(w1[:, None] * w1[None, :], shape).copy()
     else:
-        raise ValueError(f"unknown filler type '{kind}'")
+        raise GraphError(f"unknown filler type '{kind}'; Caffe's fillers are {', '.join(FILLERS)}")
     return out.astype(np.float32)
 
 
