@@ -266,3 +266,18 @@ def test_non_square_bilinear_filler_is_one_line(tmp_path):
         fill_missing(load_net(path))
     with pytest.raises(CaffeError, match="bilinear filler needs"):
         fill(caffe_pb2.FillerParameter(type="bilinear"), (2, 3), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("filler, shape, message", [
+    ('type: "uniform" min: 3 max: 1', (2, 3), r"uniform filler needs finite min <= max .*not min 3.0 max 1.0"),
+    ('type: "uniform" min: nan', (2, 3), "uniform filler needs finite min <= max"),
+    ('type: "gaussian" std: -1', (2, 3), r"gaussian filler needs a finite mean and a positive std"),
+    ('type: "msra"', (0, 3), "msra filler needs a blob whose fan-in and fan-out are not 0, not 0x3"),
+    ('type: "xavier"', (3, 0), "xavier filler needs"),
+    ('type: "positive_unitball"', (), "positive_unitball filler needs a blob with a first axis"),
+], ids=["uniform-reversed", "uniform-nan", "gaussian-negative", "msra-empty", "xavier-empty", "unitball-scalar"])
+def test_filler_parameters_caffe_checks_are_one_line(filler, shape, message):
+    from google.protobuf import text_format
+    param = text_format.Parse(filler, caffe_pb2.FillerParameter())
+    with pytest.raises(GraphError, match=message):
+        fill(param, shape, np.random.default_rng(0))
