@@ -476,15 +476,20 @@ def _open(url: str, offset: int, partial: pathlib.Path, timeout: float) -> http.
         raise _Failed(f"unreachable ({_reason(error)})") from None
 
 
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-\d+/(\d+|\*)")
+# ASCII digits only, at most 19 (int() takes other Unicode digits, and refuses thousands of them).
+_BYTES = "[0-9]{1,19}"
+_CONTENT_RANGE = re.compile(rf"bytes\s+({_BYTES})-{_BYTES}/({_BYTES}|\*)")
+
+
+def _byte_count(header: str) -> int | None:
+    return int(header) if re.fullmatch(_BYTES, header.strip()) else None
 
 
 def _resume_point(
     response: http.client.HTTPResponse, offset: int, partial: pathlib.Path
 ) -> tuple[int, int | None]:
     """Return (bytes kept from the partial, announced total size) for this response."""
-    length = response.headers.get("Content-Length")
-    length = int(length) if length and length.isdigit() else None
+    length = _byte_count(response.headers.get("Content-Length", ""))
     if not offset or response.status != 206:
         # A 200 to a Range request is the whole file: start again from zero.
         return 0, length

@@ -43,7 +43,7 @@ class Route:
     delay: float = 0.0  # seconds slept after each piece of the body
     piece: int = 64 * 1024
     hits: int = 0
-    length: int | None = -1  # the Content-Length announced: -1 the body's, None none (read until close)
+    length: int | str | None = -1  # the Content-Length announced: -1 the body's, None none (read until close)
     endless: bool = False  # repeat the data until the client hangs up
     redirect: str | None = None  # answer 302 to this location
 
@@ -77,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
         if start is not None:
             self.send_header("Content-Range", f"bytes {start}-{len(route.data) - 1}/{len(route.data)}")
         if route.length is not None:
-            self.send_header("Content-Length", str(len(body) if route.length < 0 else route.length))
+            self.send_header("Content-Length", str(len(body) if route.length == -1 else route.length))
         self.end_headers()
         if route.hits <= route.drops:
             body = body[: len(body) // 2]
@@ -545,3 +545,12 @@ def test_a_full_length_partial_left_by_another_process_is_verified(
     download(url, dst, checksum, size=len(DATA), quiet=True, timeout=5)
 
     assert renames == [(str(dst), DATA)]
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "9" * 5000, "-5", "1e3"])
+def test_nonsense_content_length_is_ignored(server: FileServer, dst: pathlib.Path, length: str) -> None:
+    url = server.serve("/odd.bin", length=length)
+
+    download(url, dst, SHA256, quiet=True, timeout=5)  # read to the end, verified by its hash
+
+    assert dst.read_bytes() == DATA
