@@ -19,7 +19,9 @@ import http.client
 import os
 import pathlib
 import re
+import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -392,7 +394,7 @@ def _fetch(url: str, partial: pathlib.Path, expected: _Expected, quiet: bool, li
     if offset > limits.cap:  # left by a run with another cap: no prefix of an acceptable file
         partial.unlink()
         offset = 0
-    with _open(url, offset, partial, limits.timeout) as response:
+    with _request(url, offset, partial, limits) as response:
         offset, total = _resume_point(response, offset, partial)
         if expected.size is not None and total is not None and total != expected.size:
             partial.unlink(missing_ok=True)
@@ -455,15 +457,72 @@ def _require_http(url: str, what: str) -> None:
         raise _Failed(f"{what} {url[:200]!r}, not an http(s) URL; only http and https are fetched")
 
 
-def _open(url: str, offset: int, partial: pathlib.Path, timeout: float) -> http.client.HTTPResponse:
+class _Watchdog:
+    """Shuts the request's connections down if the response headers are not all in after ``seconds``.
+
+    The socket timeout bounds each read, not their sum: a server trickling its headers one byte at a time
+    would hold the download forever.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.sockets: list[socket.socket] = []
+        self.fired = False
+        self.timer = threading.Timer(seconds, self._fire)
+        self.timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired = True
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handlers(self) -> list[urllib.request.BaseHandler]:
+        """urllib's http and https handlers, recording each socket they connect (proxies included)."""
+        sockets = self.sockets
+
+        class Recording:
+            def do_open(self, http_class, req, **kwargs):  # type: ignore[no-untyped-def]
+                class Connection(http_class):  # type: ignore[misc, valid-type]
+                    def connect(self) -> None:
+                        super().connect()
+                        sockets.append(self.sock)
+
+                return super().do_open(Connection, req, **kwargs)  # type: ignore[misc]
+
+        http_handler = type("Http", (Recording, urllib.request.HTTPHandler), {})
+        https_handler = type("Https", (Recording, urllib.request.HTTPSHandler), {})
+        return [http_handler(), https_handler()]
+
+
+def _open(url: str, offset: int, partial: pathlib.Path, limits: _Limits) -> http.client.HTTPResponse:
     _require_http(url, "refused")
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+    watchdog = _Watchdog(limits.stall)
     # Built per call: the proxy settings are read from the environment as it is now.
-    opener = urllib.request.build_opener(_HttpOnlyRedirects)
+    opener = urllib.request.build_opener(_HttpOnlyRedirects, *watchdog.handlers())
+    watchdog.timer.start()
+    response = None
     try:
-        return opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
+        response = opener.open(urllib.request.Request(url, headers=headers), timeout=limits.timeout)
+    except Exception:
+        if not watchdog.fired:
+            raise
+    finally:
+        watchdog.timer.cancel()
+    if watchdog.fired:  # cut short, the headers may even have parsed: none of it is to be trusted
+        if response is not None:
+            response.close()
+        raise _Failed(f"no response within {limits.stall:g} s ({STALL_ENV} sets the limit)")
+    return response
+
+
+def _request(url: str, offset: int, partial: pathlib.Path, limits: _Limits) -> http.client.HTTPResponse:
+    """``_open`` with its failures sorted: start again, try the next URL."""
+    try:
+        return _open(url, offset, partial, limits)
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:
             # The partial does not fit the file the server has now: start again from zero.

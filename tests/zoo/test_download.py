@@ -46,6 +46,7 @@ class Route:
     length: int | str | None = -1  # the Content-Length announced: -1 the body's, None none (read until close)
     endless: bool = False  # repeat the data until the client hangs up
     redirect: str | None = None  # answer 302 to this location
+    slow_headers: bool = False  # trickle an endless header, one byte every 50 ms
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -59,6 +60,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         route.hits += 1
+        if route.slow_headers:
+            self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Slow: ")
+            try:
+                for _ in range(400):
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except ConnectionError:
+                pass
+            return
         if route.redirect is not None:
             self.send_response(302)
             self.send_header("Location", route.redirect)
@@ -554,3 +565,14 @@ def test_nonsense_content_length_is_ignored(server: FileServer, dst: pathlib.Pat
     download(url, dst, SHA256, quiet=True, timeout=5)  # read to the end, verified by its hash
 
     assert dst.read_bytes() == DATA
+
+
+def test_server_trickling_its_headers_is_abandoned(server: FileServer, dst: pathlib.Path) -> None:
+    url = server.serve("/slow-headers.bin", slow_headers=True)
+    started = time.monotonic()
+
+    with pytest.raises(DownloadError) as error:
+        download(url, dst, SHA256, quiet=True, timeout=5, stall=0.3)
+
+    assert "no response within 0.3 s" in one_line(error) and url in str(error.value)
+    assert time.monotonic() - started < 3
