@@ -137,7 +137,7 @@ def _positive_setting(name: str, default: float, kind: type) -> Any:
 def filename_problem(name: str) -> str | None:
     """Why ``name`` cannot be a file in the cache folder, or None: one plain component, portable."""
     if not _PLAIN_NAME.fullmatch(name):
-        return "is not a plain file name (letters, digits, '_', '-', '.', '+', starting with a letter or digit)"
+        return "is not a plain file name (letters, digits, '_', '-', '.', '+', starting with a letter, digit or '_')"
     if name.endswith("."):
         return "ends with a dot, which Windows drops"
     if len(name) > 255:
@@ -156,7 +156,8 @@ def cache_path(directory: os.PathLike | str, filename: str) -> pathlib.Path:
     directory = pathlib.Path(directory)
     problem = filename_problem(filename)
     path = directory / filename
-    if problem is None and path.resolve().parent != directory.resolve():
+    # Lexically (abspath, not resolve): a cached file may well be a symlink to a big disk elsewhere.
+    if problem is None and os.path.dirname(os.path.abspath(path)) != os.path.abspath(directory):
         problem = "leads out of the cache folder"
     if problem is not None:
         raise DownloadError(f"weights file name {filename[:60]!r} {problem}; fix the card's weights.filename")
@@ -390,6 +391,8 @@ def _fetch_any(
 
 def _fetch(url: str, partial: pathlib.Path, expected: _Expected, quiet: bool, limits: _Limits) -> None:
     """One request: resume or restart ``partial``, stream to it while hashing, then check size and hash."""
+    if partial.is_symlink():  # planted: resuming would read, and writing would clobber, another file
+        partial.unlink()
     offset = partial.stat().st_size if partial.is_file() else 0
     if offset > limits.cap:  # left by a run with another cap: no prefix of an acceptable file
         partial.unlink()
@@ -574,7 +577,7 @@ def _stream(
     """Append the body to ``partial`` from ``offset``; return the partial's final size."""
     received = offset
     pace = _Pace(limits.stall)
-    with open(partial, "ab" if offset else "wb") as out, _progress(expected.name, total, offset, quiet) as bar:
+    with _open_partial(partial, offset) as out, _progress(expected.name, total, offset, quiet) as bar:
         while True:
             try:
                 # read1 returns what has arrived, so a trickling server is noticed; one byte past the cap
@@ -600,6 +603,12 @@ def _stream(
     if total is not None and received < total:
         raise _Dropped(f"connection closed after {received} of {total} bytes")
     return received
+
+
+def _open_partial(partial: pathlib.Path, offset: int) -> IO[bytes]:
+    """Append from ``offset`` (truncating when 0), never through a symlink planted in the meantime."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if offset else os.O_TRUNC) | getattr(os, "O_NOFOLLOW", 0)
+    return os.fdopen(os.open(partial, flags | getattr(os, "O_BINARY", 0), 0o666), "ab" if offset else "wb")
 
 
 class _Pace:

@@ -576,3 +576,32 @@ def test_server_trickling_its_headers_is_abandoned(server: FileServer, dst: path
 
     assert "no response within 0.3 s" in one_line(error) and url in str(error.value)
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links need privileges on Windows")
+def test_a_partial_planted_as_a_symlink_writes_nowhere_else(
+    server: FileServer, dst: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    dst.parent.mkdir(parents=True)
+    (dst.parent / (NAME + ".partial")).symlink_to(victim)
+
+    download(server.serve("/good.bin"), dst, SHA256, quiet=True, timeout=5)
+
+    assert victim.read_bytes() == b"precious"
+    assert dst.read_bytes() == DATA and not dst.is_symlink()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links need privileges on Windows")
+def test_cached_weights_may_be_a_symlink_to_another_disk(
+    server: FileServer, dst: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    elsewhere = tmp_path / "big-disk" / NAME
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(DATA)
+    dst.parent.mkdir(parents=True)
+    dst.symlink_to(elsewhere)
+
+    assert download(server.serve("/good.bin"), dst, SHA256, quiet=True, timeout=5) == dst
+    assert server.requests == []
