@@ -137,7 +137,7 @@ def _positive_setting(name: str, default: float, kind: type) -> Any:
 def filename_problem(name: str) -> str | None:
     """Why ``name`` cannot be a file in the cache folder, or None: one plain component, portable."""
     if not _PLAIN_NAME.fullmatch(name):
-        return "is not a plain file name (letters, digits, '_', '-', '.', '+', starting with a letter, digit or '_')"
+        return "is not a plain file name (letters, digits and '_', then also '-', '.', '+')"
     if name.endswith("."):
         return "ends with a dot, which Windows drops"
     if len(name) > 255:
@@ -229,6 +229,8 @@ def download(
         if _is_complete(dst, expected):
             return dst
         partial = dst.with_name(dst.name + ".partial")
+        if partial.is_symlink():  # planted: resuming would read, and writing would clobber, another file
+            partial.unlink()
         if not _partial_is_complete(partial, expected):
             _fetch_any(candidates, partial, expected, quiet, limits, retries)
         os.replace(partial, dst)
@@ -391,8 +393,6 @@ def _fetch_any(
 
 def _fetch(url: str, partial: pathlib.Path, expected: _Expected, quiet: bool, limits: _Limits) -> None:
     """One request: resume or restart ``partial``, stream to it while hashing, then check size and hash."""
-    if partial.is_symlink():  # planted: resuming would read, and writing would clobber, another file
-        partial.unlink()
     offset = partial.stat().st_size if partial.is_file() else 0
     if offset > limits.cap:  # left by a run with another cap: no prefix of an acceptable file
         partial.unlink()

@@ -127,7 +127,8 @@ class FileServer(ThreadingHTTPServer):
 
 @pytest.fixture(autouse=True)
 def plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ZOO_MIRROR", "ZOO_HOME", "ZOO_MAX_DOWNLOAD_BYTES", "ZOO_DOWNLOAD_STALL_SECONDS", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+    zoo_settings = ("ZOO_MIRROR", "ZOO_HOME", "ZOO_MAX_DOWNLOAD_BYTES", "ZOO_DOWNLOAD_STALL_SECONDS")
+    for name in (*zoo_settings, "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("no_proxy", "*")
 
@@ -422,7 +423,9 @@ def test_every_card_algorithm_accepts_the_right_bytes(
     assert verify_file(dst, checksum)
 
 
-def test_git_blob_size_comes_from_the_card_when_the_server_gives_none(server: FileServer, dst: pathlib.Path) -> None:
+def test_git_blob_size_comes_from_the_card_when_the_server_gives_none(
+    server: FileServer, dst: pathlib.Path
+) -> None:
     card = card_for([server.serve("/bad.bin", WRONG, length=None)], GIT_BLOB, size=len(DATA))
 
     with pytest.raises(ChecksumError):
