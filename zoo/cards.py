@@ -26,6 +26,7 @@ CHANNEL_ORDERS = ("BGR", "RGB", "GRAY")
 MEAN_FORMATS = ("binaryproto", "npy")
 # Cards are a few KB; a bigger file is not a card, and is refused before it is read.
 MAX_CARD_BYTES = 1 << 20
+MAX_LABELS_BYTES = 16 << 20  # ImageNet-21k's names are 0.3 MB
 REQUIRED_SOURCES = ("weights", "license")
 REQUIRED_TOP = (
     "name", "description", "task", "paper", "license", "architecture", "outputs",
@@ -135,24 +136,25 @@ class ModelCard:
 def load_card(path: str | Path) -> ModelCard:
     """Read and validate one card file."""
     path = Path(path)
-    data = _parse(path, _read_card_text(path))
+    data = _parse(path, _read_utf8(path, MAX_CARD_BYTES, "card"))
     return validate(data, str(path), path)
 
 
-def _read_card_text(path: Path) -> str:
+def _read_utf8(path: Path, limit: int, what: str) -> str:
+    """A small UTF-8 text file from a stranger, read no further than ``limit`` bytes."""
     try:
         if not path.is_file():  # a folder, or a FIFO that would block the read forever
-            raise CardError(f"{path}: not a regular file; give the path of a .json card")
+            raise CardError(f"{path}: not a regular file; give the path of a {what} file")
         with path.open("rb") as f:
-            raw = f.read(MAX_CARD_BYTES + 1)
+            raw = f.read(limit + 1)
     except OSError as e:
-        raise CardError(f"{path}: cannot read the card ({e.strerror}); check the path") from None
-    if len(raw) > MAX_CARD_BYTES:
-        raise CardError(f"{path}: larger than {MAX_CARD_BYTES} bytes, too big for a card; check the file")
+        raise CardError(f"{path}: cannot read the {what} ({e.strerror}); check the path") from None
+    if len(raw) > limit:
+        raise CardError(f"{path}: larger than {limit} bytes, too big for a {what}; check the file")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CardError(f"{path}: byte {e.start} is not UTF-8; save the card as UTF-8") from None
+        raise CardError(f"{path}: byte {e.start} is not UTF-8; save the {what} as UTF-8") from None
 
 
 def _parse(path: Path, text: str) -> Any:
@@ -448,10 +450,7 @@ def _labels_path(labels: str, base: Path) -> Path:
 
 
 def _read_labels(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise CardError(f"{path}: byte {e.start} is not UTF-8; save the label file as UTF-8") from None
+    return _read_utf8(path, MAX_LABELS_BYTES, "label list").splitlines()
 
 
 def _base_dir(path: Path | None) -> Path:

@@ -331,3 +331,14 @@ def test_cards_survive_a_copy_round_trip() -> None:
     before = copy.deepcopy(data)
     validate(data, "inline", registry.BUILTIN_DIR / "bvlc_alexnet.json")
     assert data == before
+
+
+def test_huge_or_binary_label_file_is_one_line(tmp_path: Path) -> None:
+    data = good_card() | {"labels": "labels.txt"}
+    with open(tmp_path / "labels.txt", "wb") as f:
+        f.truncate(64 << 20)  # sparse: costs no disk
+    with pytest.raises(CardError, match=r"labels.txt: larger than"):
+        load_card(write_card(tmp_path, data))
+    (tmp_path / "labels.txt").write_bytes(b"\xff\xfe" * 1000)
+    with pytest.raises(CardError, match=r"labels.txt: byte 0 is not UTF-8"):
+        load_card(write_card(tmp_path, data))
