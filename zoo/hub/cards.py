@@ -3,28 +3,31 @@
 A card is a flat JSON file (zoo/models/cards/<name>.json for built-ins, any *.json for user
 cards). `load_card` reads and validates one strictly: an unknown key, a wrong type, a bad
 checksum or a missing label file is a `CardError` whose message is one line naming the file,
-the field and what to do.
+the field and what to do. Card files come from strangers: a file that is too big, not UTF-8,
+nested too deep, or holds NaN, duplicate keys or NUL characters is refused the same way.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, NoReturn, cast
 
 from prototxt import CaffeError
+# One list of checksum algorithms and one hasher, shared with the downloader that verifies them.
+from zoo.hub.download import HEX_LENGTHS, file_digest, filename_problem  # noqa: F401 (file_digest: public here too)
 
 LABELS_DIR = Path(__file__).parent.parent / "models" / "labels"
 
 TASKS = ("classification", "detection", "face_detection", "face_landmarks", "segmentation")
 CHANNEL_ORDERS = ("BGR", "RGB", "GRAY")
 MEAN_FORMATS = ("binaryproto", "npy")
-# git_blob_sha1 is the object id a git host shows for a file (`git hash-object FILE`): the only
-# checksum some publishers give, implicitly, for weights they commit to a repository.
-HEX_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha384": 96, "git_blob_sha1": 40}
+# Cards are a few KB; a bigger file is not a card, and is refused before it is read.
+MAX_CARD_BYTES = 1 << 20
+MAX_LABELS_BYTES = 16 << 20  # ImageNet-21k's names are 0.3 MB
 REQUIRED_SOURCES = ("weights", "license")
 REQUIRED_TOP = (
     "name", "description", "task", "paper", "license", "architecture", "outputs",
@@ -134,15 +137,44 @@ class ModelCard:
 def load_card(path: str | Path) -> ModelCard:
     """Read and validate one card file."""
     path = Path(path)
+    data = _parse(path, _read_utf8(path, MAX_CARD_BYTES, "card"))
+    return validate(data, str(path), path)
+
+
+def _read_utf8(path: Path, limit: int, what: str) -> str:
+    """A small UTF-8 text file from a stranger, read no further than ``limit`` bytes."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_refuse_duplicates(path))
+        if not path.is_file():  # a folder, or a FIFO that would block the read forever
+            raise CardError(f"{path}: not a regular file; give the path of a {what} file")
+        with path.open("rb") as f:
+            raw = f.read(limit + 1)
     except OSError as e:
-        raise CardError(f"{path}: cannot read the card ({e.strerror}); check the path") from None
+        raise CardError(f"{path}: cannot read the {what} ({e.strerror}); check the path") from None
+    if len(raw) > limit:
+        raise CardError(f"{path}: larger than {limit} bytes, too big for a {what}; check the file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CardError(f"{path}: byte {e.start} is not UTF-8; save the {what} as UTF-8") from None
+
+
+def _parse(path: Path, text: str) -> Any:
+    if text.startswith("\ufeff"):
+        raise CardError(f"{path}: starts with a byte order mark; save the card as UTF-8 without BOM")
+    try:
+        # NaN and 1e999 decode to floats that no field accepts (numbers must be finite).
+        return json.loads(text, object_pairs_hook=_refuse_duplicates(path))
     except json.JSONDecodeError as e:
         raise CardError(
             f"{path}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg}); fix the syntax"
         ) from None
-    return validate(data, str(path), path)
+    except RecursionError:
+        raise CardError(f"{path}: nested too deeply to be a card; check the file") from None
+    except ValueError as e:  # an integer of thousands of digits
+        raise CardError(f"{path}: {str(e)[:100]}; fix the number") from None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate(data: Any, source: str, path: Path | None = None) -> ModelCard:
@@ -171,28 +203,6 @@ def validate(data: Any, source: str, path: Path | None = None) -> ModelCard:
     )
 
 
-def hasher(algorithm: str, size: int | None = None) -> Any:
-    """A hashlib object for a card checksum algorithm (git_blob_sha1 needs the file size)."""
-    if algorithm == "git_blob_sha1":
-        if size is None:
-            raise ValueError("git_blob_sha1 needs the file size")
-        h = hashlib.sha1()
-        h.update(b"blob %d\0" % size)
-        return h
-    if algorithm not in HEX_LENGTHS:
-        raise ValueError(f"unknown checksum algorithm {algorithm!r}; use one of {sorted(HEX_LENGTHS)}")
-    return hashlib.new(algorithm)
-
-
-def file_digest(path: str | Path, algorithm: str) -> str:
-    path = Path(path)
-    h = hasher(algorithm, path.stat().st_size)
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return str(h.hexdigest())
-
-
 class _Obj:
     """One JSON object of a card: unknown and missing keys are refused on construction."""
 
@@ -205,6 +215,8 @@ class _Obj:
             self.fail("", f"expected an object, got {_kind(data)}", "write a JSON object {...}")
         allowed = sorted({*required, *optional})
         for key in data:
+            if _CONTROL.search(key):
+                self.fail("", f"the key {key[:40]!r} holds a control character", "remove it")
             if key not in allowed:
                 self.fail(key, "unknown field", f"remove it or use one of: {', '.join(allowed)}")
         for key in required:
@@ -351,9 +363,10 @@ def _weights(w: _Obj) -> WeightsInfo:
     checksum = w.checksum("checksum")
     note = w.maybe_text("checksum_note")
     how_to_get = w.maybe_text("how_to_get")
-    filename = w.text("filename")
-    if "/" in filename or "\\" in filename:
-        w.fail("filename", f"{filename!r} contains a path separator", "give the bare file name")
+    filename = w.data.get("filename")
+    problem = filename_problem(filename) if isinstance(filename, str) else "is not a string"
+    if problem is not None:
+        w.fail("filename", f"{_kind(filename)} {problem}", "give a bare file name like 'model.caffemodel'")
     if checksum is None and note is None:
         w.fail("checksum_note", "is required when checksum is null",
                "say why there is no checksum (e.g. 'the publisher gives none')")
@@ -426,8 +439,8 @@ def _positive_item(obj: _Obj, key: str, value: Any) -> int:
 
 
 def _number_item(obj: _Obj, key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        obj.fail(key, f"expected a number, got {_kind(value)}", "write a number")
+    if not _is_number(value):
+        obj.fail(key, f"expected a finite number, got {_kind(value)}", "write a number")
     return float(value)
 
 
@@ -438,7 +451,7 @@ def _labels_path(labels: str, base: Path) -> Path:
 
 
 def _read_labels(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines()
+    return _read_utf8(path, MAX_LABELS_BYTES, "label list").splitlines()
 
 
 def _base_dir(path: Path | None) -> Path:
@@ -446,7 +459,8 @@ def _base_dir(path: Path | None) -> Path:
 
 
 def _is_text(v: Any) -> bool:
-    return isinstance(v, str) and bool(v.strip())
+    # No NUL (it breaks paths) nor other control characters (they rewrite the terminal) in any string.
+    return isinstance(v, str) and bool(v.strip()) and not _CONTROL.search(v)
 
 
 def _is_count(v: Any) -> bool:
@@ -454,7 +468,11 @@ def _is_count(v: Any) -> bool:
 
 
 def _is_positive(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    return _is_number(v) and v > 0
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _is_url(v: str) -> bool:
@@ -469,7 +487,8 @@ def _kind(v: Any) -> str:
     if isinstance(v, (int, float)):
         return f"the number {v}"
     if isinstance(v, str):
-        return f"the string {v[:40]!r}"
+        control = " with a control character" if _CONTROL.search(v) else ""
+        return f"the string {v[:40]!r}{control}"
     if isinstance(v, dict):
         return "an object"
     return "a list" if isinstance(v, list) else type(v).__name__

@@ -4,6 +4,11 @@ The file grows in ``<dst>.partial`` and is renamed onto ``dst`` only once its si
 ``dst`` is either absent or complete. The partial name is fixed (not random, unlike torch.hub) so that a
 dropped download can be resumed with an HTTP Range request, even by a later run; ``<dst>.lock`` keeps two
 processes from writing it at once.
+
+Every byte is treated as hostile until verified: each checksum algorithm a card may give is checked
+before the rename (never after), only http(s) URLs are fetched (redirects included), a body larger than
+the card's size (else ``$ZOO_MAX_DOWNLOAD_BYTES``) is cut off at once, and a server that delivers fewer
+than ``STALL_BYTES`` in ``$ZOO_DOWNLOAD_STALL_SECONDS`` is abandoned.
 """
 
 from __future__ import annotations
@@ -14,12 +19,16 @@ import http.client
 import os
 import pathlib
 import re
+import socket
 import sys
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass
-from typing import IO, Iterator, Mapping, Sequence
+from typing import IO, Any, Iterator, Mapping, Sequence
 
 from tqdm import tqdm
 
@@ -30,13 +39,29 @@ __all__ = [
     "DownloadError",
     "UnverifiedDownloadWarning",
     "cache_dir",
+    "cache_path",
     "download",
+    "file_digest",
+    "filename_problem",
+    "new_hasher",
+    "pick_digest",
     "verify_file",
 ]
 
 CHUNK = 1 << 20
-# Strongest first: when a card lists several digests, the strongest one is checked.
-ALGORITHMS = ("sha256", "sha1", "md5")
+# The one list of checksum algorithms, cards included, with their hex digest lengths. Strongest first:
+# when a card lists several digests, the strongest one is checked. git_blob_sha1 is the object id a git
+# host shows for a file (`git hash-object FILE`): the only checksum some publishers give, implicitly.
+HEX_LENGTHS = {"sha384": 96, "sha256": 64, "sha1": 40, "git_blob_sha1": 40, "md5": 32}
+ALGORITHMS = tuple(HEX_LENGTHS)
+MAX_BYTES_ENV = "ZOO_MAX_DOWNLOAD_BYTES"
+# Without a size on the card: far above any Caffe model (VGG16 is 528 MiB), far below a full disk.
+DEFAULT_MAX_BYTES = 4 << 30
+STALL_ENV = "ZOO_DOWNLOAD_STALL_SECONDS"
+DEFAULT_STALL_SECONDS = 60.0
+# Fewer bytes than this in a stall window (1 KiB/s over the default minute) abandons the server.
+STALL_BYTES = 64 << 10
+SCHEMES = ("http", "https")
 USER_AGENT = "caffezoo"
 WEIGHTS_HINT = "if you obtain the file another way, pass it with --weights FILE"
 
@@ -79,6 +104,68 @@ class _Failed(Exception):
     """This URL cannot deliver the file (HTTP error, unreachable, wrong size); try the next one."""
 
 
+@dataclass(frozen=True)
+class _Limits:
+    cap: int  # the most bytes the file may have
+    cap_text: str  # where the cap comes from, for messages
+    stall: float  # seconds in which at least STALL_BYTES must arrive
+    timeout: float  # socket connect/read timeout
+
+
+def _limits(size: int | None, stall: float | None, timeout: float) -> _Limits:
+    if size is not None:
+        return _Limits(size, f"the {size} bytes the card declares", _stall_seconds(stall), timeout)
+    cap = _positive_setting(MAX_BYTES_ENV, DEFAULT_MAX_BYTES, int)
+    return _Limits(cap, f"the {cap}-byte cap (raise it with {MAX_BYTES_ENV})", _stall_seconds(stall), timeout)
+
+
+def _stall_seconds(stall: float | None) -> float:
+    return stall if stall is not None else _positive_setting(STALL_ENV, DEFAULT_STALL_SECONDS, float)
+
+
+def _positive_setting(name: str, default: float, kind: type) -> Any:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = 0
+    if not value > 0 or value == float("inf"):
+        raise DownloadError(f"{name}={raw[:40]!r} is not a positive number; unset it or fix it")
+    return value
+
+
+def filename_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a file in the cache folder, or None: one plain component, portable."""
+    if not _PLAIN_NAME.fullmatch(name):
+        return "is not a plain file name (letters, digits and '_', then also '-', '.', '+')"
+    if name.endswith("."):
+        return "ends with a dot, which Windows drops"
+    if len(name) > 255:
+        return f"is {len(name)} characters long, more than file systems allow (255)"
+    if _WINDOWS_DEVICE.fullmatch(name):
+        return "is a device name on Windows"
+    return None
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+_WINDOWS_DEVICE = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?", re.IGNORECASE)
+
+
+def cache_path(directory: os.PathLike | str, filename: str) -> pathlib.Path:
+    """``directory/filename``, refused unless it is a plain file name inside ``directory``."""
+    directory = pathlib.Path(directory)
+    problem = filename_problem(filename)
+    path = directory / filename
+    # Lexically (abspath, not resolve): a cached file may well be a symlink to a big disk elsewhere.
+    if problem is None and os.path.dirname(os.path.abspath(path)) != os.path.abspath(directory):
+        problem = "leads out of the cache folder"
+    if problem is not None:
+        raise DownloadError(f"weights file name {filename[:60]!r} {problem}; fix the card's weights.filename")
+    return path
+
+
 def cache_dir() -> pathlib.Path:
     """Where weights are kept: ``$ZOO_HOME``, else the platform's user cache directory (not created)."""
     if os.environ.get("ZOO_HOME"):
@@ -98,10 +185,10 @@ def cache_dir() -> pathlib.Path:
 def verify_file(path: os.PathLike | str, checksum: Mapping[str, str] | None) -> bool:
     """True if ``path`` is a file whose digest matches ``checksum`` (a file with no checksum passes)."""
     path = pathlib.Path(path)
-    algorithm, digest = _pick_digest(checksum)
+    algorithm, digest = pick_digest(checksum)
     if not path.is_file():
         return False
-    return algorithm is None or _hash_file(path, algorithm).hexdigest() == digest
+    return algorithm is None or file_digest(path, algorithm) == digest
 
 
 def download(
@@ -113,17 +200,22 @@ def download(
     quiet: bool = False,
     timeout: float = 30.0,
     retries: int = 3,
+    stall: float | None = None,
 ) -> pathlib.Path:
     """Fetch the file to ``dst`` from the first URL that delivers it, and return ``dst``.
 
     ``$ZOO_MIRROR/<dst name>`` is tried before ``urls``. A dropped connection is resumed from the same
     URL up to ``retries`` times. With ``checksum=None`` the file is not verified and an
-    ``UnverifiedDownloadWarning`` says so. Raises ``DownloadError`` (``ChecksumError`` for a wrong
-    digest) with a one-line message.
+    ``UnverifiedDownloadWarning`` says so. The body may not exceed ``size`` (else ``$ZOO_MAX_DOWNLOAD_BYTES``,
+    default 4 GiB); a server sending fewer than ``STALL_BYTES`` in ``stall`` seconds (else
+    ``$ZOO_DOWNLOAD_STALL_SECONDS``, default 60) is abandoned; ``timeout`` bounds each connect and read.
+    Raises ``DownloadError`` (``ChecksumError`` for a wrong digest) with a one-line message.
     """
     dst = pathlib.Path(dst)
-    algorithm, digest = _pick_digest(checksum)
+    dst = cache_path(dst.parent, dst.name)
+    algorithm, digest = pick_digest(checksum)
     expected = _Expected(dst.name, algorithm, digest, size)
+    limits = _limits(size, stall, timeout)
     candidates = _candidate_urls(urls, dst.name)
     if algorithm is None:
         warnings.warn(
@@ -139,18 +231,21 @@ def download(
         if _is_complete(dst, expected):
             return dst
         partial = dst.with_name(dst.name + ".partial")
+        if partial.is_symlink():  # planted: resuming would read, and writing would clobber, another file
+            partial.unlink()
         if not _partial_is_complete(partial, expected):
-            _fetch_any(candidates, partial, expected, quiet, timeout, retries)
+            _fetch_any(candidates, partial, expected, quiet, limits, retries)
         os.replace(partial, dst)
     return dst
 
 
-def _pick_digest(checksum: Mapping[str, str] | None) -> tuple[str | None, str | None]:
+def pick_digest(checksum: Mapping[str, str] | None) -> tuple[str | None, str | None]:
+    """(algorithm, digest) of the strongest checksum given, (None, None) for none."""
     if not checksum:
         return None, None
     unknown = sorted(set(checksum) - set(ALGORITHMS))
     if unknown:
-        raise ValueError(f"unsupported checksum algorithm {unknown[0]!r}; use one of {', '.join(ALGORITHMS)}")
+        raise DownloadError(f"unsupported checksum algorithm {unknown[0]!r}; use one of {', '.join(ALGORITHMS)}")
     algorithm = next(a for a in ALGORITHMS if a in checksum)
     return algorithm, checksum[algorithm].strip().lower()
 
@@ -166,13 +261,27 @@ def _candidate_urls(urls: str | Sequence[str], filename: str) -> list[str]:
     return candidates
 
 
-def _new_hasher(algorithm: str) -> hashlib._Hash:
-    # An integrity check, not a security one: lets md5 cards work on FIPS-mode systems too.
-    return hashlib.new(algorithm, usedforsecurity=False)
+def new_hasher(algorithm: str, size: int | None = None) -> hashlib._Hash:
+    """A streaming hasher for one of ``ALGORITHMS``; git_blob_sha1 hashes a header with the file size."""
+    if algorithm not in HEX_LENGTHS:
+        raise DownloadError(f"unsupported checksum algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    if algorithm != "git_blob_sha1":
+        # usedforsecurity=False lets md5 cards work on FIPS-mode systems; sha384/256 are still the real thing.
+        return hashlib.new(algorithm, usedforsecurity=False)
+    if size is None:
+        raise ValueError("git_blob_sha1 needs the file size")
+    hasher = hashlib.sha1(usedforsecurity=False)
+    hasher.update(b"blob %d\0" % size)
+    return hasher
 
 
-def _hash_file(path: pathlib.Path, algorithm: str) -> hashlib._Hash:
-    hasher = _new_hasher(algorithm)
+def file_digest(path: os.PathLike | str, algorithm: str) -> str:
+    """The hex digest of a whole file."""
+    path = pathlib.Path(path)
+    return _feed(new_hasher(algorithm, path.stat().st_size), path).hexdigest()
+
+
+def _feed(hasher: hashlib._Hash, path: pathlib.Path) -> hashlib._Hash:
     with open(path, "rb") as f:
         while block := f.read(CHUNK):
             hasher.update(block)
@@ -185,7 +294,7 @@ def _is_complete(path: pathlib.Path, expected: _Expected) -> bool:
         return False
     if expected.size is not None and path.stat().st_size != expected.size:
         return False
-    return expected.algorithm is None or _hash_file(path, expected.algorithm).hexdigest() == expected.digest
+    return expected.algorithm is None or file_digest(path, expected.algorithm) == expected.digest
 
 
 def _partial_is_complete(partial: pathlib.Path, expected: _Expected) -> bool:
@@ -255,7 +364,7 @@ else:
 
 
 def _fetch_any(
-    urls: list[str], partial: pathlib.Path, expected: _Expected, quiet: bool, timeout: float, retries: int
+    urls: list[str], partial: pathlib.Path, expected: _Expected, quiet: bool, limits: _Limits, retries: int
 ) -> None:
     """Leave the verified file at ``partial``, or raise one DownloadError that reports every URL."""
     reasons: list[str] = []
@@ -265,7 +374,7 @@ def _fetch_any(
     for url in urls:
         for _ in range(attempts):
             try:
-                _fetch(url, partial, expected, quiet, timeout)
+                _fetch(url, partial, expected, quiet, limits)
                 return
             except _Dropped as dropped:
                 last_drop = dropped
@@ -284,22 +393,44 @@ def _fetch_any(
     raise DownloadError(message)
 
 
-def _fetch(url: str, partial: pathlib.Path, expected: _Expected, quiet: bool, timeout: float) -> None:
+def _fetch(url: str, partial: pathlib.Path, expected: _Expected, quiet: bool, limits: _Limits) -> None:
     """One request: resume or restart ``partial``, stream to it while hashing, then check size and hash."""
     offset = partial.stat().st_size if partial.is_file() else 0
-    with _open(url, offset, partial, timeout) as response:
+    if offset > limits.cap:  # left by a run with another cap: no prefix of an acceptable file
+        partial.unlink()
+        offset = 0
+    with _request(url, offset, partial, limits) as response:
         offset, total = _resume_point(response, offset, partial)
         if expected.size is not None and total is not None and total != expected.size:
             partial.unlink(missing_ok=True)
             raise _Failed(f"server sends {total} bytes, expected {expected.size}")
-        algorithm = expected.algorithm or "sha256"
-        hasher = _hash_file(partial, algorithm) if offset else _new_hasher(algorithm)
-        received = _stream(response, partial, offset, total, hasher, expected, quiet)
+        if total is not None and total > limits.cap:
+            raise _Failed(f"server announces {total} bytes, more than {limits.cap_text}")
+        hasher = _resumed_hasher(expected, total, partial, offset)
+        received = _stream(response, partial, offset, total, hasher, expected, quiet, limits)
     if expected.size is not None and received != expected.size:
         partial.unlink()
         raise _Failed(f"got {received} bytes, expected {expected.size}")
-    got = hasher.hexdigest()
-    if expected.algorithm is not None and got != expected.digest:
+    _check_digest(partial, expected, hasher)
+
+
+def _resumed_hasher(
+    expected: _Expected, total: int | None, partial: pathlib.Path, offset: int
+) -> hashlib._Hash | None:
+    """The hasher fed with the kept prefix; None when there is no checksum or the size is not known yet."""
+    size = expected.size if expected.size is not None else total
+    if expected.algorithm is None or (expected.algorithm == "git_blob_sha1" and size is None):
+        return None
+    hasher = new_hasher(expected.algorithm, size)
+    return _feed(hasher, partial) if offset else hasher
+
+
+def _check_digest(partial: pathlib.Path, expected: _Expected, hasher: hashlib._Hash | None) -> None:
+    """Verify the partial before it may take the final name (a git blob of unknown size is hashed now)."""
+    if expected.algorithm is None:
+        return
+    got = hasher.hexdigest() if hasher is not None else file_digest(partial, expected.algorithm)
+    if got != expected.digest:
         # A corrupt whole file is no prefix of the right one: never resume from it.
         partial.unlink()
         raise ChecksumError(
@@ -310,12 +441,93 @@ def _fetch(url: str, partial: pathlib.Path, expected: _Expected, quiet: bool, ti
         )
 
 
-def _open(url: str, offset: int, partial: pathlib.Path, timeout: float) -> http.client.HTTPResponse:
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows redirects to ftp://; the zoo fetches only http(s), and says so in one line."""
+
+    def http_error_302(self, req, fp, code, msg, headers):  # type: ignore[no-untyped-def]
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            try:
+                _require_http(urllib.parse.urljoin(req.full_url, location), "redirected to")
+            except _Failed:
+                fp.close()
+                raise
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _require_http(url: str, what: str) -> None:
+    if urllib.parse.urlsplit(url).scheme.lower() not in SCHEMES:
+        raise _Failed(f"{what} {url[:200]!r}, not an http(s) URL; only http and https are fetched")
+
+
+class _Watchdog:
+    """Shuts the request's connections down if the response headers are not all in after ``seconds``.
+
+    The socket timeout bounds each read, not their sum: a server trickling its headers one byte at a time
+    would hold the download forever.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.sockets: list[socket.socket] = []
+        self.fired = False
+        self.timer = threading.Timer(seconds, self._fire)
+        self.timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired = True
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handlers(self) -> list[urllib.request.BaseHandler]:
+        """urllib's http and https handlers, recording each socket they connect (proxies included)."""
+        sockets = self.sockets
+
+        class Recording:
+            def do_open(self, http_class, req, **kwargs):  # type: ignore[no-untyped-def]
+                class Connection(http_class):  # type: ignore[misc, valid-type]
+                    def connect(self) -> None:
+                        super().connect()
+                        sockets.append(self.sock)
+
+                return super().do_open(Connection, req, **kwargs)  # type: ignore[misc]
+
+        http_handler = type("Http", (Recording, urllib.request.HTTPHandler), {})
+        https_handler = type("Https", (Recording, urllib.request.HTTPSHandler), {})
+        return [http_handler(), https_handler()]
+
+
+def _open(url: str, offset: int, partial: pathlib.Path, limits: _Limits) -> http.client.HTTPResponse:
+    _require_http(url, "refused")
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+    watchdog = _Watchdog(limits.stall)
+    # Built per call: the proxy settings are read from the environment as it is now.
+    opener = urllib.request.build_opener(_HttpOnlyRedirects, *watchdog.handlers())
+    watchdog.timer.start()
+    response = None
     try:
-        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        response = opener.open(urllib.request.Request(url, headers=headers), timeout=limits.timeout)
+    except Exception:
+        if not watchdog.fired:
+            raise
+    finally:
+        watchdog.timer.cancel()
+    if watchdog.fired:  # cut short, the headers may even have parsed: none of it is to be trusted
+        if response is not None:
+            response.close()
+        raise _Failed(f"no response within {limits.stall:g} s ({STALL_ENV} sets the limit)")
+    return response
+
+
+def _request(url: str, offset: int, partial: pathlib.Path, limits: _Limits) -> http.client.HTTPResponse:
+    """``_open`` with its failures sorted: start again, try the next URL."""
+    try:
+        return _open(url, offset, partial, limits)
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:
             # The partial does not fit the file the server has now: start again from zero.
@@ -328,15 +540,20 @@ def _open(url: str, offset: int, partial: pathlib.Path, timeout: float) -> http.
         raise _Failed(f"unreachable ({_reason(error)})") from None
 
 
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-\d+/(\d+|\*)")
+# ASCII digits only, at most 19 (int() takes other Unicode digits, and refuses thousands of them).
+_BYTES = "[0-9]{1,19}"
+_CONTENT_RANGE = re.compile(rf"bytes\s+({_BYTES})-{_BYTES}/({_BYTES}|\*)")
+
+
+def _byte_count(header: str) -> int | None:
+    return int(header) if re.fullmatch(_BYTES, header.strip()) else None
 
 
 def _resume_point(
     response: http.client.HTTPResponse, offset: int, partial: pathlib.Path
 ) -> tuple[int, int | None]:
     """Return (bytes kept from the partial, announced total size) for this response."""
-    length = response.headers.get("Content-Length")
-    length = int(length) if length and length.isdigit() else None
+    length = _byte_count(response.headers.get("Content-Length", ""))
     if not offset or response.status != 206:
         # A 200 to a Range request is the whole file: start again from zero.
         return 0, length
@@ -354,32 +571,67 @@ def _stream(
     partial: pathlib.Path,
     offset: int,
     total: int | None,
-    hasher: hashlib._Hash,
+    hasher: hashlib._Hash | None,
     expected: _Expected,
     quiet: bool,
+    limits: _Limits,
 ) -> int:
     """Append the body to ``partial`` from ``offset``; return the partial's final size."""
     received = offset
-    with open(partial, "ab" if offset else "wb") as out, _progress(expected.name, total, offset, quiet) as bar:
+    pace = _Pace(limits.stall)
+    with _open_partial(partial, offset) as out, _progress(expected.name, total, offset, quiet) as bar:
         while True:
             try:
-                block = response.read(CHUNK)
+                # read1 returns what has arrived, so a trickling server is noticed; one byte past the cap
+                # is enough to know it is exceeded.
+                block = response.read1(min(CHUNK, limits.cap - received + 1))
             except (OSError, http.client.HTTPException) as error:
                 raise _Dropped(f"after {received} bytes: {_reason(error)}") from None
             if not block:
                 break
-            out.write(block)
-            hasher.update(block)
             received += len(block)
+            if received > limits.cap:
+                out.close()
+                partial.unlink()
+                raise _Failed(f"sent more than {limits.cap_text}")
+            out.write(block)
+            if hasher is not None:
+                hasher.update(block)
             bar.update(len(block))
-            if expected.size is not None and received > expected.size:
-                break
+            pace.check(len(block), received)
         out.flush()
         os.fsync(out.fileno())
-    # read() returns b"" when the peer closes early, without raising IncompleteRead.
+    # read1() returns b"" when the peer closes early, without raising IncompleteRead.
     if total is not None and received < total:
         raise _Dropped(f"connection closed after {received} of {total} bytes")
     return received
+
+
+def _open_partial(partial: pathlib.Path, offset: int) -> IO[bytes]:
+    """Append from ``offset`` (truncating when 0), never through a symlink planted in the meantime."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if offset else os.O_TRUNC) | getattr(os, "O_NOFOLLOW", 0)
+    return os.fdopen(os.open(partial, flags | getattr(os, "O_BINARY", 0), 0o666), "ab" if offset else "wb")
+
+
+class _Pace:
+    """Abandons a server that sends fewer than STALL_BYTES in any window of ``stall`` seconds."""
+
+    def __init__(self, stall: float) -> None:
+        self.stall = stall
+        self.start = time.monotonic()
+        self.bytes = 0
+
+    def check(self, count: int, received: int) -> None:
+        self.bytes += count
+        now = time.monotonic()
+        if now - self.start < self.stall:
+            return
+        if self.bytes < STALL_BYTES:
+            raise _Failed(
+                f"too slow: {self.bytes} bytes in {now - self.start:.1f} s after {received} bytes, fewer than "
+                f"{STALL_BYTES} in {self.stall:g} s ({STALL_ENV} sets the window)"
+            )
+        self.start, self.bytes = now, 0
 
 
 def _progress(name: str, total: int | None, initial: int, quiet: bool) -> tqdm:
