@@ -117,8 +117,11 @@ def nn_specs() -> _Specs:
 
 
 def identifier(name: str, taken: set[str]) -> str:
-    """A valid, unique Python identifier for a Caffe name (inception_3a/1x1 -> inception_3a_1x1)."""
-    base = re.sub(r"\W", "_", name) or "layer"
+    """A valid, unique Python identifier for a Caffe name (inception_3a/1x1 -> inception_3a_1x1).
+
+    ASCII only: Python folds identifiers by NFKC (a layer 'ﬁ' would be the same attribute as 'fi') and
+    some word characters (x²) are no identifier characters at all."""
+    base = re.sub(r"[^0-9A-Za-z_]", "_", name) or "layer"
     if base[0].isdigit():
         base = "_" + base
     if keyword.iskeyword(base):
