@@ -231,9 +231,11 @@ def plan(graph: Graph, training: bool = False) -> Plan:
     attrs: set[str] = set()          # submodule names
     taken: set[str] = {"self"}       # forward()'s variables
     value_vars: dict[str, str] = {}
-    for v in graph.inputs:
+    io = None if training else registry.inference_io(graph)
+    inputs = list(graph.inputs) if io is None else io.inputs
+    for v in inputs:
         value_vars[v] = identifier(graph.values[v].caffe_name, taken)
-    input_vars = [value_vars[v] for v in graph.inputs]
+    input_vars = [value_vars[v] for v in inputs]
     steps: list[Step] = []
     dropped: list[str] = []
     kept_losses: list[str] = []
@@ -254,10 +256,14 @@ def plan(graph: Graph, training: bool = False) -> Plan:
         call = tops[0] if len(tops) == 1 else identifier(layer.name, taken)
         value_vars.update(zip(layer.tops, tops))
         steps.append(Step(attr, layer, module, list(blob_names), call, tops))
-    outputs = [o for o in graph.outputs if o in value_vars and graph.values[o].producer is not None]
-    if training:
+    if io is None:
+        outputs = [o for o in graph.outputs if o in value_vars and graph.values[o].producer is not None]
         outputs += [t for t in kept_losses if t not in outputs]
-    if dropped:
-        warnings.warn(f"left out training-only layers: {', '.join(dropped)}", stacklevel=3)
-    return Plan(class_name(graph.name), list(graph.inputs), input_vars, steps, outputs,
+        if dropped:
+            warnings.warn(f"left out training-only layers: {', '.join(dropped)}", stacklevel=3)
+    else:
+        outputs = io.outputs
+        if io.dropped:
+            warnings.warn(io.note(graph), stacklevel=3)
+    return Plan(class_name(graph.name), inputs, input_vars, steps, outputs,
                 [graph.values[o].caffe_name for o in outputs], value_vars)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from prototxt import shapes
@@ -29,6 +30,50 @@ ENTRY_POINT_GROUP = "caffezoo.layers"
 TRAINING_ONLY = shapes.LOSS_TYPES | {"Silence"}
 # Data layers become graph inputs.
 DATA_LAYERS = shapes.DATA_TYPES
+
+
+@dataclass
+class InferenceIO:
+    """The inputs and outputs of a net converted for inference (graph values, Caffe's order)."""
+    inputs: list[str]
+    outputs: list[str]
+    dropped: list[str] = field(default_factory=list)  # "name (Type)" of each training-only layer left out
+    fed: list[str] = field(default_factory=list)      # outputs only because they fed a left-out layer
+    labels: list[str] = field(default_factory=list)   # inputs left out: they fed only left-out layers
+
+    def note(self, graph: Graph) -> Optional[str]:
+        """One line saying what was left out and what became an output instead, or None."""
+        if not self.dropped:
+            return None
+        text = f"left out training-only layers: {', '.join(self.dropped)}"
+        if self.fed:
+            names = ", ".join(graph.values[v].caffe_name for v in self.fed)
+            text += f"; the blobs they were fed are outputs instead: {names}"
+        if self.labels:
+            text += f"; inputs only they read are left out: {', '.join(graph.values[v].caffe_name for v in self.labels)}"
+        return text
+
+
+def inference_io(graph: Graph) -> InferenceIO:
+    """What a net converted for inference takes and gives. Losses, Accuracy and Silence are left out,
+    with their tops; the blobs fed to the losses and Accuracy become outputs instead (a train/test net's
+    fc8, which fed SoftmaxWithLoss and Accuracy, is what its user wants out of it), except net inputs
+    (labels), and inputs that fed only left-out layers are no inputs."""
+    left_out = [l for l in graph.layers if l.type in TRAINING_ONLY]
+    io = InferenceIO([], [o for o in graph.outputs if graph.values[o].producer is not None
+                          and graph.layer(graph.values[o].producer).type not in TRAINING_ONLY],
+                     [f"{l.name} ({l.type})" for l in left_out])
+    for layer in left_out:
+        if layer.type == "Silence":  # it discards its bottoms on purpose
+            continue
+        io.fed += [b for b in layer.bottoms if graph.values[b].producer is not None
+                   and b not in io.outputs and b not in io.fed]
+    io.outputs = sorted(io.outputs + io.fed, key=lambda v: graph.values[v].caffe_name)  # Caffe's std::set order
+    dropped = {l.name for l in left_out}
+    for v in graph.inputs:
+        consumers = graph.values[v].consumers
+        (io.labels if consumers and all(c in dropped for c in consumers) else io.inputs).append(v)
+    return io
 
 
 class LayerImpl:

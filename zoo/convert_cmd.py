@@ -61,13 +61,34 @@ def _resolve(args):
 
 
 def _read(source, weights: str, input_shapes=None):
-    """The graph with weights of a prototxt path or of a built-in NetParameter."""
+    """The graph with weights of a prototxt path or of a built-in NetParameter; weights that fit no
+    layer of it are refused, layers they leave without weights named in a warning."""
     from prototxt import attach_weights, build_graph, load_net
     if isinstance(source, str):
-        return load_net(source, weights, input_shapes=input_shapes)
-    graph = build_graph(source, input_shapes=input_shapes, source=f"{source.name} (built-in architecture)")
-    attach_weights(graph, weights)
+        graph = load_net(source, weights, input_shapes=input_shapes)
+    else:
+        graph = build_graph(source, input_shapes=input_shapes, source=f"{source.name} (built-in architecture)")
+        attach_weights(graph, weights)
+    _check_weights(graph, source if isinstance(source, str) else graph.source, weights)
     return graph
+
+
+def _check_weights(graph, prototxt: str, weights: str) -> None:
+    """Caffe copies weights by layer name and keeps the filler init of the rest: with the wrong
+    .caffemodel that is a net of random weights, converted without a word."""
+    import warnings
+
+    from zoo.cli import CommandError
+    report = graph.weights_report
+    weighted = [l.name for l in graph.layers if l.param_shapes]
+    if report is None or not weighted:
+        return
+    if not report.matched:
+        raise CommandError(f"{weights}: no layer of {prototxt} has weights there (none of its {len(weighted)} "
+                           f"layers with weights is named in it); pass the .caffemodel trained with this prototxt")
+    if report.missing:
+        warnings.warn(f"{weights}: no stored weights for {len(report.missing)} of the {len(weighted)} layers with "
+                      f"weights of {prototxt}, they keep their filler init: {', '.join(report.missing)}", stacklevel=2)
 
 
 def _load(args):
@@ -80,31 +101,72 @@ def _load(args):
 
 def run_convert(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    importer = None if args.no_verify else _import_torch_meanwhile()
+    child = None if args.no_verify else FolderRunner()
     try:
-        return _convert(args, start)
+        return _convert(args, start, child)
     finally:
-        if importer is not None:  # never leave the interpreter while a thread is importing
-            importer.join()
+        if child is not None:
+            child.close()
 
 
-def _import_torch_meanwhile():
-    """Import torch (needed only to verify) in a thread while the files are read and written: most of
-    that work releases the GIL (AlexNet: 3.0 -> 2.45 s, median of 7 each, same machine)."""
-    import importlib
-    import threading
+class FolderRunner:
+    """A fresh interpreter that imports the WRITTEN model.py of a folder and runs it, as its user will:
+    started at once, so that it imports torch while the files are read and written (most of that work
+    releases the GIL: AlexNet 3.0 -> 2.45 s); this process never imports torch to convert."""
 
-    def work():
-        try:
-            importlib.import_module("torch")
-        except Exception:  # the verification says what is wrong when it imports torch itself
-            pass
-    thread = threading.Thread(target=work, name="import-torch", daemon=True)
-    thread.start()
-    return thread
+    SCRIPT = """if True:
+        import importlib.util, json, os, sys
+        import numpy as np
+        import torch
+        request = sys.stdin.readline()
+        if request:
+            folder, feeds, results = json.loads(request)
+            spec = importlib.util.spec_from_file_location("model", os.path.join(folder, "model.py"))
+            model = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(model)
+            with np.load(feeds) as data, torch.no_grad():
+                out = model.load()(*[torch.from_numpy(data[f"arr_{i}"]) for i in range(len(data.files))])
+            np.savez(results, *[v.numpy() for v in (out.values() if isinstance(out, dict) else [out])])
+    """
+
+    def __init__(self):
+        import subprocess
+        path = os.pathsep.join(p or os.getcwd() for p in sys.path)  # a user's layer modules import there too
+        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONPATH": path})
+
+    def run(self, folder: str, inputs) -> list:
+        """The outputs of the folder's net on ``inputs``, in its output order."""
+        import json
+        import tempfile
+
+        import numpy as np
+
+        from zoo.cli import CommandError
+        with tempfile.TemporaryDirectory(prefix="zoo-verify.") as tmp:
+            feeds, results = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
+            np.savez(feeds, *inputs)
+            _, err = self.proc.communicate(json.dumps([os.path.abspath(folder), feeds, results]) + "\n")
+            if self.proc.returncode != 0:
+                last = [line for line in err.splitlines() if line.strip()][-1:] or [f"exit {self.proc.returncode}"]
+                raise CommandError(f"{folder}/model.py failed in a fresh interpreter: {last[0].strip()}")
+            with np.load(results) as data:
+                return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+    def close(self) -> None:
+        if self.proc.returncode is None:  # never used: conversion failed or verification was not reached
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except Exception:  # noqa: BLE001 - still importing torch: stop it
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr is not None and not self.proc.stderr.closed:
+            self.proc.stderr.close()
 
 
-def _convert(args: argparse.Namespace, start: float) -> int:
+def _convert(args: argparse.Namespace, start: float, child: "FolderRunner | None") -> int:
     from zoo.cli import note
     graph, prototxt = _load(args)
     graph.require_shapes()
@@ -120,30 +182,27 @@ def _convert(args: argparse.Namespace, start: float) -> int:
     folder = export_folder(graph, out / f"{safe}_pytorch")  # no torch: it is imported only to verify
     print(f"wrote {onnx_path}")
     print(f"wrote {folder}/ (model.py, weights.pt)")
-    if not args.no_verify:
+    if child is not None:
         dynamic = not args.static_batch and not any(l.type in ("LSTM", "RNN", "Reshape") for l in graph.layers)
-        _verify_outputs(graph, model, arrays, dynamic)
+        _verify_outputs(graph, model, arrays, dynamic, folder, child)
     sys.stdout.flush()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 ** 2)
     note(f"{time.perf_counter() - start:.1f} s, peak RSS {peak:.0f} MB")
     return 0
 
 
-def _verify_outputs(graph, model, arrays, dynamic_batch: bool) -> None:
-    """One seeded input through the PyTorch module and the ONNX model just written; the largest
-    difference per output. Both run on the graph's own arrays (the PyTorch parameters are views of
-    them, the ONNX weights are fed as inputs), so the check holds no second copy of the weights."""
-    import numpy as np
+def _verify_outputs(graph, model, arrays, dynamic_batch: bool, folder: str, child: FolderRunner) -> None:
+    """One seeded input through the written PyTorch folder (imported in a fresh interpreter) and the
+    ONNX model just written; the largest difference per output. onnxruntime runs on the graph's own
+    arrays (fed as inputs), so this process holds no second copy of the weights."""
     import onnx
 
-    from converters.torch import run, to_pytorch
-    from converters.verify import random_inputs
+    from converters.verify import compare, random_inputs
     from zoo.cli import CommandError
     from zoo.runtime import session
     inputs = random_inputs(graph)
     if dynamic_batch:  # one item is enough to compare, and keeps the check cheap
         inputs = [x[:1] for x in inputs]
-    expected = run(to_pytorch(graph), inputs)
     light = onnx.ModelProto()
     light.CopyFrom(model)
     tensors = list(light.graph.initializer)
@@ -152,12 +211,16 @@ def _verify_outputs(graph, model, arrays, dynamic_batch: bool) -> None:
     sess = session(light.SerializeToString(), device="cpu", light=True)
     feeds = dict(arrays)
     feeds.update({i.name: x for i, x in zip(sess.get_inputs(), inputs)})
-    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    got = sess.run(None, feeds)
+    expected = child.run(folder, inputs)
+    names = [graph.values[o.name].caffe_name if o.name in graph.values else o.name for o in sess.get_outputs()]
+    if len(expected) != len(got):
+        raise CommandError(f"{folder}/model.py gives {len(expected)} outputs, the ONNX model {len(got)}")
     bad = []
-    for name, ref in expected.items():
-        diff = float(np.max(np.abs(got[name].astype(np.float64) - ref))) if ref.size else 0.0
+    for name, ref, out in zip(names, expected, got):
+        diff, ok = compare(out, ref, rtol=1e-4)  # shapes, then the reference README's tolerance
         print(f"{name}: max |pytorch - onnxruntime| = {diff:.3g}")
-        if not np.allclose(got[name], ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.max(np.abs(ref))))):
+        if not ok:
             bad.append(name)
     if bad:
         raise CommandError(f"PyTorch and onnxruntime disagree on {', '.join(bad)}; run `zoo verify` to find "
@@ -172,10 +235,12 @@ def run_verify(args: argparse.Namespace) -> int:
     inputs = blobs = None
     if args.reference:
         data = np.load(args.reference)
-        inputs = [data[f"in/{graph.values[v].caffe_name}"] for v in graph.inputs]
+        from converters.registry import inference_io
+        fed = inference_io(graph).inputs
+        inputs = [data[f"in/{graph.values[v].caffe_name}"] for v in fed]
         blobs = {k[4:]: data[k] for k in data.files if k.startswith("out/") and "_split_" not in k}
-        shapes = {graph.values[v].caffe_name: x.shape for v, x in zip(graph.inputs, inputs)}
-        graph = _read(*_resolve(args), shapes)
+        shapes = {graph.values[v].caffe_name: x.shape for v, x in zip(fed, inputs)}
+        graph = _read(*_resolve(args), {**dict(args.input_shape), **shapes})
     report = verify(graph, inputs=inputs, blobs=blobs)
     for line in report.lines():
         print(line)

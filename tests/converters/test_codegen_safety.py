@@ -53,7 +53,7 @@ def hostile_net(marker: Path) -> caffe_pb2.NetParameter:
     names = breakouts(marker)
     net = caffe_pb2.NetParameter()
     net.name = names[0]
-    inp = net.layer.add(name=names[1], type="Input", top=[names[2]])
+    inp = net.layer.add(name=names[1] + "/input", type="Input", top=[names[2]])
     inp.input_param.shape.add(dim=[2, 3, 2, 2])
     bottom = names[2]
     for i, name in enumerate(names):
