@@ -12,15 +12,13 @@ import keyword
 import math
 import os
 import re
-import shutil
 import struct
-import tempfile
 import zipfile
 from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from prototxt.fileio import umask_mode
+from prototxt.fileio import atomic_dir
 from prototxt.graph import Graph
 
 from .plan import ModuleSpec, Plan, model_py_names, class_name, nn_source, plan
@@ -306,24 +304,15 @@ def state_arrays(p: Plan) -> dict[str, np.ndarray]:
 
 
 def export_folder(graph: Graph, folder: str | os.PathLike, state: Optional[Mapping[str, np.ndarray]] = None) -> str:
-    """Write ``model.py`` + ``weights.pt`` into ``folder`` atomically (a temp folder, then rename).
+    """Write ``model.py`` + ``weights.pt`` into ``folder`` atomically (``prototxt.fileio.atomic_dir``: a
+    temp folder swapped in; a previous folder is never lost, even to a kill).
 
     ``state`` replaces the graph's weights (e.g. a trained module's state dict as arrays)."""
     p = plan(graph)
     source = generate_model_py(p, graph)
     folder = os.fspath(folder)
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".", suffix=".partial", dir=parent)
-    os.chmod(tmp, umask_mode(0o777))
-    try:
+    with atomic_dir(folder) as tmp:
         with open(os.path.join(tmp, "model.py"), "w", encoding="utf-8") as f:
             f.write(source)
         write_state_dict(os.path.join(tmp, "weights.pt"), state if state is not None else state_arrays(p))
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
