@@ -1,6 +1,9 @@
-"""A train/test net converted for inference: its losses and Accuracy are left out, and the blobs they
+"""What a converted net takes and gives, as the README's "Inputs and outputs" says.
+
+A train/test net converted for inference: its losses and Accuracy are left out, and the blobs they
 were fed become the outputs (a train_val net's fc8), never a label; the label is no input either.
-Every corpus train/test net the converters support (given its data shape) gives a runnable model."""
+Every corpus train/test net the converters support (given its data shape) gives a runnable model.
+A net computing in place on its input names its ONNX output after the last layer that wrote it."""
 from __future__ import annotations
 
 import warnings
@@ -65,3 +68,21 @@ def test_train_test_net_outputs_the_blobs_its_losses_were_fed(net):
     feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in sess.get_inputs()}
     got = sess.run(None, feeds)
     assert all(np.isfinite(g).all() for g in got)
+
+
+def test_an_output_that_rewrites_an_input_is_named_after_its_last_writer(shared, tmp_path):
+    """batchnorm_scale computes in place on its input 'data': ONNX cannot give the input and the
+    output one name, so the output is 'data@sc' (the blob, then the last layer that wrote it, whatever
+    the layers before it are called); the PyTorch module names its output 'data', as Caffe's
+    net.blobs does."""
+    from converters import to_onnx, to_pytorch
+    path = shared / "reference" / "layers" / "batchnorm_scale" / "net.prototxt"
+    renamed = tmp_path / "net.prototxt"
+    renamed.write_text(path.read_text().replace('name: "bn"', 'name: "norm"'))
+    for net in (path, renamed):
+        graph = load_net(net)
+        fill_missing(graph)
+        model = to_onnx(graph)
+        assert [i.name for i in model.graph.input] == ["data"]
+        assert [o.name for o in model.graph.output] == ["data@sc"]
+        assert to_pytorch(graph).output_names == ["data"]
