@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from prototxt import shapes
-from prototxt.errors import UnsupportedLayers
+from prototxt.errors import GraphError, UnsupportedLayers
 from prototxt.graph import Graph, Layer
 
 ENTRY_POINT_GROUP = "caffezoo.layers"
@@ -69,6 +69,10 @@ def inference_io(graph: Graph) -> InferenceIO:
         io.fed += [b for b in layer.bottoms if graph.values[b].producer is not None
                    and b not in io.outputs and b not in io.fed]
     io.outputs = sorted(io.outputs + io.fed, key=lambda v: graph.values[v].caffe_name)  # Caffe's std::set order
+    if not io.outputs:
+        where = f"{graph.source}: " if graph.source else ""
+        raise GraphError(f"{where}the net computes nothing to output for inference (every blob its layers "
+                         f"produce is read by another layer or by a left-out layer)")
     dropped = {l.name for l in left_out}
     for v in graph.inputs:
         consumers = graph.values[v].consumers

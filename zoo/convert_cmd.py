@@ -155,15 +155,12 @@ class FolderRunner:
                 return [data[f"arr_{i}"] for i in range(len(data.files))]
 
     def close(self) -> None:
-        if self.proc.returncode is None:  # never used: conversion failed or verification was not reached
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=60)
-            except Exception:  # noqa: BLE001 - still importing torch: stop it
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stderr is not None and not self.proc.stderr.closed:
-            self.proc.stderr.close()
+        if self.proc.returncode is None:  # never asked: the conversion failed or was not verified
+            self.proc.kill()  # it only imported torch: nothing to finish
+            self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stderr):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
 
 
 def _convert(args: argparse.Namespace, start: float, child: "FolderRunner | None") -> int:

@@ -86,3 +86,17 @@ def test_an_output_that_rewrites_an_input_is_named_after_its_last_writer(shared,
         assert [i.name for i in model.graph.input] == ["data"]
         assert [o.name for o in model.graph.output] == ["data@sc"]
         assert to_pytorch(graph).output_names == ["data"]
+
+
+def test_a_net_with_nothing_to_output_is_one_clear_error(tmp_path):
+    from prototxt.errors import GraphError
+    net = tmp_path / "net.prototxt"
+    net.write_text('name: "t"\nlayer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 } } }\n'
+                   'layer { name: "s" type: "Scale" bottom: "data" top: "y" }\n'
+                   'layer { name: "mute" type: "Silence" bottom: "y" }\n')
+    graph = load_net(net)
+    fill_missing(graph)
+    for convert in (build, plan):
+        with pytest.raises(GraphError) as info:
+            convert(graph)
+        assert str(net) in str(info.value) and "\n" not in str(info.value)
