@@ -168,7 +168,8 @@ def _convert(args: argparse.Namespace, start: float, child: "FolderRunner | None
     graph, prototxt = _load(args)
     graph.require_shapes()
     name = graph.name or Path(prototxt).stem
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    # the file names come from the model file: no path separators, no leading dot, no 10,000 characters
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")[:100] or "net"
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     from converters.folder import export_folder

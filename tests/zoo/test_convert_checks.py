@@ -102,3 +102,13 @@ def test_train_test_net_outputs_what_fed_its_losses(tmp_path, capsys, folder, ne
     from tests.converters.common import expose
     expose(reference, ["ip2"])
     assert np.allclose(ort_run(model, x)["ip2"], ort_run(reference, x)["ip2"], rtol=1e-5, atol=1e-5)
+
+
+def test_output_file_names_from_the_net_name_stay_in_the_output_folder(tmp_path, capsys):
+    net = _net({"a": "Scale"}, name="../../" + "x" * 300)
+    proto, weights = _save(with_weights(net), tmp_path)
+    out = tmp_path / "deep" / "out"
+    assert cli.main(["convert", str(proto), "--weights", str(weights), "-o", str(out), "--no-verify"]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 2 and all(not n.startswith(".") and len(n) <= 110 for n in written), written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "net.caffemodel", "net.prototxt"]
