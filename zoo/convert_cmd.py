@@ -131,10 +131,13 @@ class FolderRunner:
 
     def __init__(self):
         import subprocess
-        path = os.pathsep.join(p or os.getcwd() for p in sys.path)  # a user's layer modules import there too
+        # this process's own import path (a user's layer modules, this toolkit) but not the interpreter's:
+        # its stdlib and site-packages come first in the child anyway
+        inside = tuple(os.path.join(os.path.abspath(p), "") for p in {sys.prefix, sys.base_prefix})
+        path = [p or os.getcwd() for p in sys.path if not os.path.join(os.path.abspath(p or "."), "").startswith(inside)]
         self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONPATH": path})
+                                     env={**os.environ, "PYTHONPATH": os.pathsep.join(path)})
 
     def run(self, folder: str, inputs) -> list:
         """The outputs of the folder's net on ``inputs``, in its output order."""

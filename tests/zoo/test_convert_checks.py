@@ -7,8 +7,9 @@ import numpy as np
 import onnx
 import pytest
 
-from prototxt import build_graph, caffe_pb2, save_net
+from prototxt import caffe_pb2, load_net, save_net
 from tests.converters.test_codegen_safety import hostile_net, with_weights
+from tests.converters.test_folder import clean_registry  # noqa: F401  (a fixture)
 from tests.helpers import SHARED
 from zoo import cli
 
@@ -112,3 +113,23 @@ def test_output_file_names_from_the_net_name_stay_in_the_output_folder(tmp_path,
     written = sorted(p.name for p in out.iterdir())
     assert len(written) == 2 and all(not n.startswith(".") and len(n) <= 110 for n in written), written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "net.caffemodel", "net.prototxt"]
+
+
+def test_convert_verifies_a_net_with_a_custom_layer(tmp_path, capsys, monkeypatch, clean_registry):  # noqa: F811
+    """The fresh interpreter imports the user's layer module from where this process found it."""
+    import importlib
+
+    from tests.converters.test_folder import _readme_custom_layer
+    (tmp_path / "my_layers.py").write_text(_readme_custom_layer())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("my_layers")  # registers "Double"
+    net = tmp_path / "net.prototxt"
+    net.write_text('name: "t"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }\n'
+                   'layer { name: "s" type: "Scale" bottom: "data" top: "y" }\n'
+                   'layer { name: "twice" type: "Double" bottom: "y" top: "out" }\n')
+    graph = load_net(net)
+    graph.layer("s").blobs = [np.array([1.0, 2.0, 3.0], np.float32)]
+    weights = tmp_path / "net.caffemodel"
+    save_net(graph, tmp_path / "copy.prototxt", weights)
+    assert cli.main(["convert", str(net), "--weights", str(weights), "-o", str(tmp_path / "out")]) == 0
+    assert "out: max |pytorch - onnxruntime| = 0" in capsys.readouterr().out
