@@ -10,7 +10,7 @@
 
 The ONNX and folder paths never import torch: ``to_pytorch`` and ``verify`` import it lazily.
 """
-from .registry import LayerImpl, implementation, register_layer, registered_types
+from .registry import InferenceIO, LayerImpl, implementation, inference_io, register_layer, registered_types
 
 
 def to_onnx(graph, opset=None, dynamic_batch=True, fold=True):
@@ -51,10 +51,16 @@ def random_inputs(graph, seed=0):
     return _random_inputs(graph, seed)
 
 
+def compare(got, ref, rtol=1e-4):
+    """(largest |got - ref|, whether they agree within rtol and atol = rtol * max(1, max|ref|))."""
+    from .verify import compare as _compare
+    return _compare(got, ref, rtol)
+
+
 def verify(graph, inputs=None, blobs=None, **kwargs):
     from .verify import verify as _verify
     return _verify(graph, inputs=inputs, blobs=blobs, **kwargs)
 
 
-__all__ = ["to_onnx", "save_onnx", "to_pytorch", "export_folder", "verify", "run_pytorch", "random_inputs",
-           "register_layer", "registered_types", "implementation", "LayerImpl"]
+__all__ = ["to_onnx", "save_onnx", "to_pytorch", "export_folder", "verify", "compare", "run_pytorch", "random_inputs",
+           "inference_io", "InferenceIO", "register_layer", "registered_types", "implementation", "LayerImpl"]

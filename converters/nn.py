@@ -290,7 +290,8 @@ class Scale(CaffeModule):
 
     def forward(self, x, *operand):
         a = self.args
-        view = _bshape(x.dim(), a["axis"], a["shape"])
+        # an operand blob broadcasts by its own shape: at axis 0 it holds the batch, which may differ
+        view = _bshape(x.dim(), a["axis"], operand[0].shape if operand else a["shape"])
         w = operand[0] if operand else self.weight
         y = x * w.reshape(view) if w is not None else x
         return y + self.bias.reshape(view) if self.bias is not None else y
@@ -305,7 +306,7 @@ class Bias(CaffeModule):
 
     def forward(self, x, *operand):
         b = operand[0] if operand else self.bias
-        return x + b.reshape(_bshape(x.dim(), self.args["axis"], self.args["shape"]))
+        return x + b.reshape(_bshape(x.dim(), self.args["axis"], b.shape))
 
 
 class Eltwise(CaffeModule):

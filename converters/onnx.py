@@ -96,27 +96,22 @@ def build(graph: Graph, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
     registry.check_weights(graph)
     ctx = OnnxContext(graph, opset)
     plan = fold_affine(graph) if fold else {}
-    dropped = []
+    io = registry.inference_io(graph)
     for layer in graph.layers:
-        if layer.type in registry.DATA_LAYERS:
-            continue
-        if registry.get(layer.type).training_only:
-            dropped.append(f"{layer.name} ({layer.type})")
+        if layer.type in registry.DATA_LAYERS or registry.get(layer.type).training_only:
             continue
         ctx.layer = layer
         emit = plan.get(layer.name) or registry.get(layer.type).onnx
         emit(layer, ctx)
-    if dropped:
-        warnings.warn(ConversionNote(f"left out training-only layers: {', '.join(dropped)}"), stacklevel=3)
-    outputs = [o for o in graph.outputs if graph.values[o].producer is not None
-               and not registry.training_only(graph.layer(graph.values[o].producer).type)]
+    if io.dropped:
+        warnings.warn(ConversionNote(io.note(graph)), stacklevel=3)
     dynamic = dynamic_batch and all(registry.get(l.type).dynamic_batch for l in graph.layers
                                     if l.type not in registry.DATA_LAYERS)
     headers = [TensorProto(name=name, data_type=_ONNX_TYPES[a.dtype], dims=list(a.shape))
                for name, a in ctx.arrays.items()]
     g = helper.make_graph(ctx.nodes, graph.name or "caffe_net",
-                          [_value_info(graph, v, dynamic) for v in graph.inputs],
-                          [_value_info(graph, v, dynamic) for v in outputs], initializer=headers)
+                          [_value_info(graph, v, dynamic) for v in io.inputs],
+                          [_value_info(graph, v, dynamic) for v in io.outputs], initializer=headers)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="caffezoo", producer_version="0.1")
     model.ir_version = IR_VERSION

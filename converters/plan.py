@@ -27,8 +27,11 @@ from .specs import ModuleSpec, nn_source, nn_specs, nn_tree  # noqa: F401 - fold
 
 
 def identifier(name: str, taken: set[str]) -> str:
-    """A valid, unique Python identifier for a Caffe name (inception_3a/1x1 -> inception_3a_1x1)."""
-    base = re.sub(r"\W", "_", name) or "layer"
+    """A valid, unique Python identifier for a Caffe name (inception_3a/1x1 -> inception_3a_1x1).
+
+    ASCII only: Python folds identifiers by NFKC (a layer 'ﬁ' would be the same attribute as 'fi') and
+    some word characters (x²) are no identifier characters at all."""
+    base = re.sub(r"[^0-9A-Za-z_]", "_", name) or "layer"
     if base[0].isdigit():
         base = "_" + base
     if keyword.iskeyword(base):
@@ -114,9 +117,11 @@ def plan(graph: Graph, training: bool = False) -> Plan:
     attrs: set[str] = set()          # submodule names
     taken: set[str] = {"self"}       # forward()'s variables
     value_vars: dict[str, str] = {}
-    for v in graph.inputs:
+    io = None if training else registry.inference_io(graph)
+    inputs = list(graph.inputs) if io is None else io.inputs
+    for v in inputs:
         value_vars[v] = identifier(graph.values[v].caffe_name, taken)
-    input_vars = [value_vars[v] for v in graph.inputs]
+    input_vars = [value_vars[v] for v in inputs]
     steps: list[Step] = []
     dropped: list[str] = []
     kept_losses: list[str] = []
@@ -137,10 +142,14 @@ def plan(graph: Graph, training: bool = False) -> Plan:
         call = tops[0] if len(tops) == 1 else identifier(layer.name, taken)
         value_vars.update(zip(layer.tops, tops))
         steps.append(Step(attr, layer, module, list(blob_names), call, tops))
-    outputs = [o for o in graph.outputs if o in value_vars and graph.values[o].producer is not None]
-    if training:
+    if io is None:
+        outputs = [o for o in graph.outputs if o in value_vars and graph.values[o].producer is not None]
         outputs += [t for t in kept_losses if t not in outputs]
-    if dropped:
-        warnings.warn(f"left out training-only layers: {', '.join(dropped)}", stacklevel=3)
-    return Plan(class_name(graph.name), list(graph.inputs), input_vars, steps, outputs,
+        if dropped:
+            warnings.warn(f"left out training-only layers: {', '.join(dropped)}", stacklevel=3)
+    else:
+        outputs = io.outputs
+        if io.dropped:
+            warnings.warn(io.note(graph), stacklevel=3)
+    return Plan(class_name(graph.name), inputs, input_vars, steps, outputs,
                 [graph.values[o].caffe_name for o in outputs], value_vars)

@@ -22,10 +22,11 @@ import difflib
 import importlib
 import pkgutil
 import warnings
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from prototxt import shapes
-from prototxt.errors import UnsupportedLayers
+from prototxt.errors import GraphError, UnsupportedLayers
 from prototxt.graph import Graph, Layer
 
 ENTRY_POINT_GROUP = "caffezoo.layers"
@@ -36,6 +37,54 @@ DATA_LAYERS = shapes.DATA_TYPES
 
 class PluginWarning(UserWarning):
     """A `caffezoo.layers` entry point that failed to load (its layer types stay unsupported)."""
+
+
+@dataclass
+class InferenceIO:
+    """The inputs and outputs of a net converted for inference (graph values, Caffe's order)."""
+    inputs: list[str]
+    outputs: list[str]
+    dropped: list[str] = field(default_factory=list)  # "name (Type)" of each training-only layer left out
+    fed: list[str] = field(default_factory=list)      # outputs only because they fed a left-out layer
+    labels: list[str] = field(default_factory=list)   # inputs left out: they fed only left-out layers
+
+    def note(self, graph: Graph) -> Optional[str]:
+        """One line saying what was left out and what became an output instead, or None."""
+        if not self.dropped:
+            return None
+        text = f"left out training-only layers: {', '.join(self.dropped)}"
+        if self.fed:
+            names = ", ".join(graph.values[v].caffe_name for v in self.fed)
+            text += f"; the blobs they were fed are outputs instead: {names}"
+        if self.labels:
+            text += f"; inputs only they read are left out: {', '.join(graph.values[v].caffe_name for v in self.labels)}"
+        return text
+
+
+def inference_io(graph: Graph) -> InferenceIO:
+    """What a net converted for inference takes and gives. Losses, Accuracy and Silence are left out,
+    with their tops; the blobs fed to the losses and Accuracy become outputs instead (a train/test net's
+    fc8, which fed SoftmaxWithLoss and Accuracy, is what its user wants out of it), except net inputs
+    (labels), and inputs that fed only left-out layers are no inputs."""
+    left_out = [l for l in graph.layers if training_only(l.type)]
+    io = InferenceIO([], [o for o in graph.outputs if graph.values[o].producer is not None
+                          and not training_only(graph.layer(graph.values[o].producer).type)],
+                     [f"{l.name} ({l.type})" for l in left_out])
+    for layer in left_out:
+        if layer.type == "Silence":  # it discards its bottoms on purpose
+            continue
+        io.fed += [b for b in layer.bottoms if graph.values[b].producer is not None
+                   and b not in io.outputs and b not in io.fed]
+    io.outputs = sorted(io.outputs + io.fed, key=lambda v: graph.values[v].caffe_name)  # Caffe's std::set order
+    if not io.outputs:
+        where = f"{graph.source}: " if graph.source else ""
+        raise GraphError(f"{where}the net computes nothing to output for inference (every blob its layers "
+                         f"produce is read by another layer or by a left-out layer)")
+    dropped = {l.name for l in left_out}
+    for v in graph.inputs:
+        consumers = graph.values[v].consumers
+        (io.labels if consumers and all(c in dropped for c in consumers) else io.inputs).append(v)
+    return io
 
 
 class LayerImpl:

@@ -73,12 +73,19 @@ def scale_geometry(layer, graph, param) -> tuple[int, list[int]]:
     return axis, list(shape[axis:end])
 
 
+def operand_view(n: int, axis: int, shape) -> list[int]:
+    """The ONNX Reshape target that broadcasts an operand blob of ``shape`` from ``axis`` of an n-axes
+    input: from axis 0 the operand holds the batch, which stays whatever it is at run time (0: copy)."""
+    return broadcast_shape(n, axis, shape)[1:] if axis >= 1 else [0] + broadcast_shape(n, axis, shape)[1:]
+
+
 def emit_scale(ctx, layer, axis, operand_shape, weight: str | None, bias) -> None:
     n = len(shape_of(layer, ctx))
     view = broadcast_shape(n, axis, operand_shape)[1:] if axis >= 1 else broadcast_shape(n, axis, operand_shape)
     x, y = layer.bottoms[0], layer.tops[0]
     if weight is not None:
-        w = ctx.node("Reshape", [weight, ctx.ints(view)])[0] if weight in ctx.graph.values else weight
+        w = ctx.node("Reshape", [weight, ctx.ints(operand_view(n, axis, operand_shape))])[0] \
+            if weight in ctx.graph.values else weight
         x = ctx.node("Mul", [x, w], None if bias is not None else [y])[0]
     if bias is not None:
         ctx.node("Add", [x, ctx.const(f32(bias).reshape(view), "bias")], [y])
@@ -126,7 +133,7 @@ class Bias(LayerImpl):
         n = len(shape_of(layer, ctx))
         view = broadcast_shape(n, axis, shape)[1:] if axis >= 1 else broadcast_shape(n, axis, shape)
         if len(layer.bottoms) > 1:
-            b = ctx.node("Reshape", [layer.bottoms[1], ctx.ints(view)])[0]
+            b = ctx.node("Reshape", [layer.bottoms[1], ctx.ints(operand_view(n, axis, shape))])[0]
             ctx.node("Add", [layer.bottoms[0], b], [layer.tops[0]])
         else:
             ctx.node("Add", [layer.bottoms[0], ctx.const(f32(layer.blobs[0]).reshape(view), "bias")], [layer.tops[0]])

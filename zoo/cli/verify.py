@@ -22,16 +22,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from converters import verify
+    from converters import inference_io, verify
     model = resolve_model(args)
     graph = model.graph(dict(args.input_shape) or None)
     inputs = blobs = None
     if args.reference:
         data = np.load(args.reference)
-        inputs = [data[f"in/{graph.values[v].caffe_name}"] for v in graph.inputs]
+        fed = inference_io(graph).inputs  # no label that only a left-out loss reads
+        inputs = [data[f"in/{graph.values[v].caffe_name}"] for v in fed]
         blobs = {k[4:]: data[k] for k in data.files if k.startswith("out/") and "_split_" not in k}
-        shapes = {graph.values[v].caffe_name: x.shape for v, x in zip(graph.inputs, inputs)}
-        graph = model.graph(shapes)
+        shapes = {graph.values[v].caffe_name: x.shape for v, x in zip(fed, inputs)}
+        graph = model.graph({**dict(args.input_shape), **shapes})
     report = verify(graph, inputs=inputs, blobs=blobs)
     for line in report.lines():
         print(line)

@@ -8,7 +8,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
-from prototxt import CaffeError, Graph, attach_weights, build_graph, caffe_pb2, read_net
+import warnings
+
+from prototxt import CaffeError, Graph, WeightsError, attach_weights, build_graph, caffe_pb2, read_net
 from zoo.hub import registry
 from zoo.hub.cards import ModelCard
 
@@ -31,7 +33,24 @@ class Model:
         graph = build_graph(self.net, input_shapes=input_shapes, source=self.source, upgrades=self.upgrades)
         if weights and self.weights is not None:
             attach_weights(graph, self.weights)
+            check_weights_match(graph, self.source, self.weights)
         return graph
+
+
+def check_weights_match(graph: Graph, prototxt: str, weights: str) -> None:
+    """Caffe copies weights by layer name and keeps the filler init of the rest: with the wrong
+    .caffemodel that is a net of random weights, converted without a word. Refuse weights that fit no
+    layer; name the layers they leave with their filler init."""
+    report = graph.weights_report
+    weighted = [l.name for l in graph.layers if l.param_shapes]
+    if report is None or not weighted:
+        return
+    if not report.matched:
+        raise WeightsError(f"{weights}: no layer of {prototxt} has weights there (none of its {len(weighted)} "
+                           f"layers with weights is named in it); pass the .caffemodel trained with this prototxt")
+    if report.missing:
+        warnings.warn(f"{weights}: no stored weights for {len(report.missing)} of the {len(weighted)} layers with "
+                      f"weights of {prototxt}, they keep their filler init: {', '.join(report.missing)}", stacklevel=3)
 
 
 def is_prototxt(model: str) -> bool:
