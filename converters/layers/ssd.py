@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from onnx import TensorProto, helper
 
 from prototxt import shapes
 from prototxt.errors import CaffeError
@@ -26,6 +25,7 @@ from ._common import f32, nn_specs, shape_of
 
 FLT_MAX = float(np.finfo(np.float32).max)
 CODE_TYPES = {1: "CORNER", 2: "CENTER_SIZE", 3: "CORNER_SIZE"}
+FLOAT, INT64, BOOL = 1, 7, 9  # onnx.TensorProto's codes: onnx itself is imported only on the ONNX path
 
 
 def legacy_hw(shape) -> tuple[int, int]:
@@ -312,11 +312,12 @@ class _DetectionOnnx:
 
     def nms(self, cand: str, valid: str, values: str) -> str:
         """ApplyNMSFast as an ONNX Loop over the K ranked candidates of every image and class."""
+        from onnx import helper
         a, c, n = self.a, self.ctx, self.n
         areas = self.areas(cand)
         keep0 = n("Xor", [valid, valid])[0]  # all false, shaped [B, C', K]
         thr0 = n("ConstantOfShape", [n("Shape", [values], start=0, end=2)[0]],
-                 value=helper.make_tensor("nms", TensorProto.FLOAT, [1], [a["nms_threshold"]]))[0]
+                 value=helper.make_tensor("nms", FLOAT, [1], [a["nms_threshold"]]))[0]
         positions = c.ints(list(range(self.k)), "positions")
         saved, c.nodes = c.nodes, []
         it, cond, keep_in, thr_in = (c.tmp(s) for s in ("iter", "cond", "keep_in", "thr_in"))
@@ -325,8 +326,8 @@ class _DetectionOnnx:
         area = n("Gather", [areas, j], axis=2)[0]
         iou = self.jaccard(box, area, cand, areas)
         over = n("Greater", [iou, n("Unsqueeze", [thr_in, c.ints([-1])])[0]])[0]
-        hit = n("Cast", [n("And", [over, keep_in])[0]], to=TensorProto.FLOAT)[0]
-        suppressed = n("Cast", [n("ReduceMax", [hit, c.ints([-1])], keepdims=0)[0]], to=TensorProto.BOOL)[0]
+        hit = n("Cast", [n("And", [over, keep_in])[0]], to=FLOAT)[0]
+        suppressed = n("Cast", [n("ReduceMax", [hit, c.ints([-1])], keepdims=0)[0]], to=BOOL)[0]
         kept = n("And", [n("Squeeze", [n("Gather", [valid, j], axis=2)[0], c.ints([-1])])[0],
                          n("Not", [suppressed])[0]])[0]
         here = n("Equal", [positions, it])[0]
@@ -341,10 +342,10 @@ class _DetectionOnnx:
         info = helper.make_tensor_value_info
         body = helper.make_graph(
             body_nodes, f"{self.layer.name}_nms",
-            [info(it, TensorProto.INT64, []), info(cond, TensorProto.BOOL, []),
-             info(keep_in, TensorProto.BOOL, None), info(thr_in, TensorProto.FLOAT, None)],
-            [info(cond_out, TensorProto.BOOL, []), info(keep_out, TensorProto.BOOL, None),
-             info(thr_out, TensorProto.FLOAT, None)])
+            [info(it, INT64, []), info(cond, BOOL, []),
+             info(keep_in, BOOL, None), info(thr_in, FLOAT, None)],
+            [info(cond_out, BOOL, []), info(keep_out, BOOL, None),
+             info(thr_out, FLOAT, None)])
         keep, _ = n("Loop", [c.ints([self.k], "trips"), "", keep0, thr0], [c.tmp("keep"), c.tmp("thr")], body=body)
         return keep
 
@@ -369,8 +370,8 @@ class _DetectionOnnx:
             return n("Xor", [keep, keep])[0]
         flat = n("Reshape", [n("Where", [keep, values, ninf])[0], c.ints([0, -1])])[0]
         _, rank = n("TopK", [flat, c.ints([top], "keep_top_k")], [c.tmp("best"), c.tmp("rank")], axis=1)
-        zeros = n("Cast", [n("Less", [flat, flat])[0]], to=TensorProto.FLOAT)[0]
-        ones = n("Cast", [n("Equal", [rank, rank])[0]], to=TensorProto.FLOAT)[0]
+        zeros = n("Cast", [n("Less", [flat, flat])[0]], to=FLOAT)[0]
+        ones = n("Cast", [n("Equal", [rank, rank])[0]], to=FLOAT)[0]
         chosen = n("ScatterElements", [zeros, rank, ones], axis=1)[0]
         chosen = n("Reshape", [n("Greater", [chosen, c.const(np.float32(0.5), "half")])[0],
                                n("Shape", [keep])[0]])[0]
@@ -382,17 +383,17 @@ class _DetectionOnnx:
         idx = n("Transpose", [n("NonZero", [keep])[0]], perm=[1, 0])[0]
         score = n("Unsqueeze", [n("GatherND", [values, idx])[0], c.ints([1])])[0]
         box = n("GatherND", [cand, idx])[0]
-        image = n("Cast", [self.slice(idx, 0, 1, 1)], to=TensorProto.FLOAT)[0]
+        image = n("Cast", [self.slice(idx, 0, 1, 1)], to=FLOAT)[0]
         label = n("Gather", [c.const(np.asarray(self.labels, np.float32), "label_values"), self.slice(idx, 1, 2, 1)])[0]
         found = n("Concat", [image, label, score, box], axis=1)[0]
         batch = n("Shape", [values], start=0, end=1)[0]
-        ids = n("Range", [c.const(np.float32(0), "zero"), n("Cast", [n("Squeeze", [batch])[0]], to=TensorProto.FLOAT)[0],
+        ids = n("Range", [c.const(np.float32(0), "zero"), n("Cast", [n("Squeeze", [batch])[0]], to=FLOAT)[0],
                           c.const(np.float32(1), "one")])[0]
         empty = n("Concat", [n("Unsqueeze", [ids, c.ints([1])])[0],
                              n("Expand", [c.const(np.full((1, 6), -1, np.float32), "minus_ones"),
                                           n("Concat", [batch, c.ints([6])], axis=0)[0]])[0]], axis=1)[0]
         count = n("Shape", [found], start=0, end=1)[0]
-        none = n("Cast", [n("Equal", [count, c.ints([0])])[0]], to=TensorProto.INT64)[0]
+        none = n("Cast", [n("Equal", [count, c.ints([0])])[0]], to=INT64)[0]
         end = n("Add", [count, n("Mul", [none, batch])[0]])[0]
         # M rows, or where M is 0 the B rows after them
         rows = n("Slice", [n("Concat", [found, empty], axis=0)[0], c.ints([0]), end, c.ints([0])])[0]

@@ -19,7 +19,8 @@ from tests.converters.common import (atol, close, describe, fixture_weights, io_
                                      torch_cpu, torch_values, RTOL)
 from tests.helpers import SHARED, shared_params
 
-pytestmark = pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning"),
+              pytest.mark.filterwarnings("ignore:left out training-only layers")]  # SSDLite's Silence
 
 FORK_CAFFE = ["layers/relu6", "layers/permute_orders", "layers/priorbox_basic", "layers/priorbox_multi_clip_step_offset",
               "layers/normalize_variants", "layers/detout_center_size", "layers/detout_none_pass",
