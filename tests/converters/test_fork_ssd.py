@@ -213,6 +213,7 @@ CORNERS = {
     "batch2_noshare": dict(share_location=False, background_label_id=2, keep_top_k=9, top_k=12),
     "no_background_ties": dict(background_label_id=-1, confidence_threshold=0.0, top_k=40, ties=True),
     "nothing_passes": dict(confidence_threshold=1.0),
+    "many_priors_ties": dict(confidence_threshold=0.3, top_k=200, keep_top_k=150, ties=True, priors=1500),
 }
 
 
@@ -237,9 +238,9 @@ def _detection_net(tmp_path, a, batch, priors):
 
 @pytest.mark.parametrize("case", list(CORNERS))
 def test_detection_output_corners(case, tmp_path):
-    a = {**BASE, **{k: v for k, v in CORNERS[case].items() if k != "ties"}}
+    a = {**BASE, **{k: v for k, v in CORNERS[case].items() if k not in ("ties", "priors")}}
     rng = np.random.default_rng(sum(map(ord, case)))
-    batch, priors, c = 2, 60, a["num_classes"]
+    batch, priors, c = 2, CORNERS[case].get("priors", 60), a["num_classes"]
     centre = rng.uniform(0.1, 0.9, (priors, 2))
     half = rng.uniform(0.05, 0.3, (priors, 2))
     boxes = np.concatenate([centre - half, centre + half], 1)
@@ -278,3 +279,21 @@ def test_unsupported_parameter_is_one_line(tmp_path):
             convert(graph)
         text = str(info.value)
         assert "\n" not in text and "'det' (DetectionOutput)" in text and "save_output_param" in text, text
+
+
+def test_onnx_batch_of_two(weights_cache):
+    """The ONNX model's batch is symbolic: priors do not depend on it, and each image's rows are its own."""
+    fixture = SHARED / "reference" / "fork_caffe" / "models" / "yufacedetectnet_v1"
+    if not fixture.is_dir():
+        pytest.skip(f"{fixture} missing (../shared)")
+    graph, ins, outs = _load(fixture, weights_cache)
+    x = ins["data"]
+    pair = np.concatenate([x, x[:, :, ::-1].copy()])
+    got = ort_run(to_onnx(graph), {"data": pair})["detection_out"].reshape(-1, 7)
+    import torch
+    with torch_cpu():
+        want = to_pytorch(graph)(torch.from_numpy(pair)).numpy().reshape(-1, 7)
+    assert close(got, want)
+    first = got[got[:, 0] == 0]
+    assert close(first.reshape(outs["detection_out"].shape), outs["detection_out"])
+    assert (got[:, 0] == 1).any()
