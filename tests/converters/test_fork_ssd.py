@@ -297,3 +297,19 @@ def test_onnx_batch_of_two(weights_cache):
     first = got[got[:, 0] == 0]
     assert close(first.reshape(outs["detection_out"].shape), outs["detection_out"])
     assert (got[:, 0] == 1).any()
+
+
+@pytest.mark.parametrize("param, what", [
+    ("prior_box_param { min_size: 30 max_size: 20 }", "max_size"),
+    ("prior_box_param { min_size: 30 variance: 0.1 variance: 0.2 }", "variances"),
+    ("prior_box_param { min_size: 30 step: 8 step_h: 8 }", "step"),
+])
+def test_prior_box_parameters_caffe_refuses_are_one_line(tmp_path, param, what):
+    net = tmp_path / "pb.prototxt"
+    net.write_text('name: "pb"\nlayer { name: "f" type: "Input" top: "f" input_param { shape { dim: 1 dim: 2 dim: 3 dim: 3 } } }\n'
+                   'layer { name: "img" type: "Input" top: "img" input_param { shape { dim: 1 dim: 3 dim: 30 dim: 30 } } }\n'
+                   f'layer {{ name: "pb" type: "PriorBox" bottom: "f" bottom: "img" top: "pb" {param} }}\n')
+    with pytest.raises(CaffeError) as info:
+        load_net(net)
+    text = str(info.value)
+    assert "\n" not in text and "'pb' (PriorBox)" in text and what in text, text
