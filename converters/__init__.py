@@ -12,6 +12,10 @@ The ONNX and folder paths never import torch: ``to_pytorch`` and ``verify`` impo
 """
 from .registry import InferenceIO, LayerImpl, implementation, inference_io, register_layer, registered_types
 
+# The layer families register shape rules for fork types (PriorBox, ...): do it now, so that a net
+# loaded after `import converters` has its shapes.
+registered_types()
+
 
 def to_onnx(graph, opset=None, dynamic_batch=True, fold=True):
     from .onnx import DEFAULT_OPSET, to_onnx as _to_onnx

@@ -452,6 +452,164 @@ class Tile(CaffeModule):
         return x.repeat(*reps)
 
 
+# -- SSD (weiliu89/caffe `ssd` branch): Permute, PriorBox, Normalize, DetectionOutput -----------------
+
+class Permute(CaffeModule):
+    def __init__(self, order):
+        super().__init__(order=order)
+
+    def forward(self, x):
+        return x.permute(self.args["order"])
+
+
+def _legacy_hw(shape):
+    """Caffe's legacy height() and width(): axes 2 and 3, 1 where the blob has fewer axes."""
+    return (shape[2] if len(shape) > 2 else 1), (shape[3] if len(shape) > 3 else 1)
+
+
+class PriorBox(CaffeModule):
+    """SSD's priors [1, 2, H*W*priors*4] (boxes, then variances) from the feature map's and image's sizes.
+    `sizes` lists each prior's (width, height) at one location, in Caffe's order; centres, sizes and
+    steps are float32 as in Caffe, each coordinate divided in double."""
+
+    def __init__(self, sizes, clip, variance, img_h, img_w, step_h, step_w, offset):
+        super().__init__(sizes=sizes, clip=clip, variance=variance, img_h=img_h, img_w=img_w, step_h=step_h,
+                         step_w=step_w, offset=offset)
+
+    def forward(self, x, *image):
+        a = self.args
+        h, w = _legacy_hw(x.shape)
+        img_h, img_w = (a["img_h"], a["img_w"]) if a["img_h"] and a["img_w"] else _legacy_hw(image[0].shape)
+        f32 = torch.float32
+        if a["step_h"] and a["step_w"]:
+            step_h, step_w = torch.tensor(a["step_h"], dtype=f32), torch.tensor(a["step_w"], dtype=f32)
+        else:
+            step_h = torch.tensor(img_h, dtype=f32) / h
+            step_w = torch.tensor(img_w, dtype=f32) / w
+        cy = ((torch.arange(h, dtype=f32) + a["offset"]) * step_h).double().reshape(h, 1, 1)
+        cx = ((torch.arange(w, dtype=f32) + a["offset"]) * step_w).double().reshape(1, w, 1)
+        bw, bh = (torch.tensor([s[i] for s in a["sizes"]], dtype=f32).double().reshape(1, 1, -1) for i in (0, 1))
+        corners = torch.broadcast_tensors((cx - bw / 2.0) / img_w, (cy - bh / 2.0) / img_h,
+                                          (cx + bw / 2.0) / img_w, (cy + bh / 2.0) / img_h)
+        boxes = torch.stack(corners, -1).float()
+        if a["clip"]:
+            boxes = boxes.clamp(0.0, 1.0)
+        var = torch.tensor(a["variance"], dtype=f32).expand(boxes.shape)
+        return torch.stack([boxes.reshape(-1), var.reshape(-1)]).unsqueeze(0)
+
+
+class Normalize(CaffeModule):
+    """SSD's L2 normalisation: x / sqrt(sum x^2 + eps) over each image (across_spatial) or each position's
+    channels, then a scale (one shared, or one per channel)."""
+
+    def __init__(self, channels, across_spatial, channel_shared, eps):
+        super().__init__(channels=channels, across_spatial=across_spatial, channel_shared=channel_shared, eps=eps)
+        self.weight = nn.Parameter(torch.empty(() if channel_shared else (channels,)))
+
+    def forward(self, x):
+        a = self.args
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        if a["across_spatial"]:  # Caffe multiplies by the norm's reciprocal
+            norm = torch.sqrt((flat * flat).sum((1, 2), keepdim=True) + a["eps"])
+            y = flat * (1.0 / norm)
+        else:
+            y = flat / torch.sqrt((flat * flat).sum(1, keepdim=True) + a["eps"])
+        y = y * (self.weight if a["channel_shared"] else self.weight.reshape(1, -1, 1))
+        return y.reshape(x.shape)
+
+
+def decode_boxes(code_type, priors, variances, loc, encoded_in_target):
+    """SSD's DecodeBBox in float32: priors, variances [P, 4]; loc [..., P, L, 4] -> boxes like loc."""
+    pb, var = priors.unsqueeze(1), variances.unsqueeze(1)
+    if encoded_in_target:
+        var = torch.ones_like(var)
+    if code_type == "CORNER":
+        return pb + var * loc
+    size = pb[..., 2:] - pb[..., :2]
+    if code_type == "CORNER_SIZE":
+        return pb + var * loc * torch.cat([size, size], -1)
+    centre = (var[..., :2] * loc[..., :2]) * size + (pb[..., :2] + pb[..., 2:]) * 0.5
+    half = torch.exp(var[..., 2:] * loc[..., 2:]) * size * 0.5
+    return torch.cat([centre - half, centre + half], -1)
+
+
+def box_areas(boxes):
+    """SSD's BBoxSize: width * height, 0 for a box with xmax < xmin or ymax < ymin."""
+    wh = boxes[..., 2:] - boxes[..., :2]
+    return torch.where(wh.amin(-1) < 0, torch.zeros_like(wh[..., 0]), wh[..., 0] * wh[..., 1])
+
+
+def jaccard(box, area, boxes, areas):
+    """SSD's JaccardOverlap (normalized, no "+1") of `box` [..., 1, 4] with each of `boxes` [..., K, 4]."""
+    iwh = torch.minimum(box[..., 2:], boxes[..., 2:]) - torch.maximum(box[..., :2], boxes[..., :2])
+    inter = iwh[..., 0] * iwh[..., 1]
+    iou = inter / ((area + areas) - inter)
+    return torch.where((iwh[..., 0] > 0) & (iwh[..., 1] > 0), iou, torch.zeros_like(iou))
+
+
+class DetectionOutput(CaffeModule):
+    """SSD's DetectionOutput: decode, per class ApplyNMSFast (score threshold, top_k by a stable sort,
+    greedy NMS with the adaptive eta), keep_top_k per image; rows [1, 1, N, 7] (image, label, score,
+    xmin, ymin, xmax, ymax) per image by label, then score; one row [i, -1, ...] per image when the
+    whole batch has none."""
+
+    def __init__(self, num_classes, share_location, background_label_id, nms_threshold, top_k, eta,
+                 confidence_threshold, keep_top_k, code_type, variance_encoded_in_target):
+        super().__init__(num_classes=num_classes, share_location=share_location,
+                         background_label_id=background_label_id, nms_threshold=nms_threshold, top_k=top_k,
+                         eta=eta, confidence_threshold=confidence_threshold, keep_top_k=keep_top_k,
+                         code_type=code_type, variance_encoded_in_target=variance_encoded_in_target)
+
+    def forward(self, loc, conf, prior, *rest):
+        a = self.args
+        n, c = loc.shape[0], a["num_classes"]
+        p = _legacy_hw(prior.shape)[0] // 4
+        labels = [k for k in range(c) if k != a["background_label_id"]]
+        pri = prior.reshape(-1, 4)
+        boxes = decode_boxes(a["code_type"], pri[:p], pri[p:2 * p],
+                             loc.reshape(n, p, 1 if a["share_location"] else c, 4), a["variance_encoded_in_target"])
+        boxes = boxes.permute(0, 2, 1, 3)
+        boxes = boxes.expand(n, len(labels), p, 4) if a["share_location"] else boxes[:, labels]
+        scores = conf.reshape(n, p, c).permute(0, 2, 1)[:, labels]
+        thr = torch.tensor(a["confidence_threshold"], dtype=torch.float32)
+        masked = torch.where(scores > thr, scores, torch.full_like(scores, -math.inf))
+        k = p if a["top_k"] < 0 else min(a["top_k"], p)
+        values, order = torch.sort(masked, dim=-1, descending=True, stable=True)
+        values, order = values[..., :k], order[..., :k]
+        cand = boxes.gather(2, order.unsqueeze(-1).expand(n, len(labels), k, 4))
+        keep = self._nms(cand, values > thr)
+        if a["keep_top_k"] > -1:
+            flat = torch.where(keep, values, torch.full_like(values, -math.inf)).reshape(n, -1)
+            rank = torch.sort(flat, dim=-1, descending=True, stable=True)[1][:, :a["keep_top_k"]]
+            chosen = torch.zeros_like(flat, dtype=torch.bool).scatter(1, rank, True)
+            keep = keep & chosen.reshape(keep.shape)
+        idx = keep.nonzero()
+        if idx.shape[0] == 0:
+            rows = torch.full((n, 7), -1.0, dtype=loc.dtype)
+            rows[:, 0] = torch.arange(n, dtype=loc.dtype)
+        else:
+            label = torch.tensor(labels, dtype=loc.dtype)[idx[:, 1]]
+            picked = (idx[:, 0], idx[:, 1], idx[:, 2])
+            rows = torch.cat([idx[:, :1].to(loc.dtype), label.unsqueeze(1), values[picked].unsqueeze(1),
+                              cand[picked]], 1)
+        return rows.reshape(1, 1, -1, 7)
+
+    def _nms(self, cand, valid):
+        """ApplyNMSFast over candidates sorted by score, every image and class at once."""
+        a = self.args
+        areas = box_areas(cand)
+        keep = torch.zeros_like(valid)
+        thr = torch.full(valid.shape[:2], a["nms_threshold"], dtype=torch.float32)
+        for j in range(valid.shape[2]):
+            iou = jaccard(cand[:, :, j:j + 1], areas[:, :, j:j + 1], cand, areas)
+            suppressed = ((iou > thr.unsqueeze(-1)) & keep).any(-1)
+            kept = valid[:, :, j] & ~suppressed
+            keep[:, :, j] = kept
+            if a["eta"] < 1:
+                thr = torch.where(kept & (thr > 0.5), thr * a["eta"], thr)
+        return keep
+
+
 class Embed(CaffeModule):
     def __init__(self, input_dim, num_output, bias):
         super().__init__(input_dim=input_dim, num_output=num_output, bias=bias)

@@ -38,6 +38,7 @@ class OnnxContext:
         self._names: set[str] = set(graph.values)
         self._node_names: set[str] = set()  # nodes have their own namespace: a layer keeps its name beside its top
         self.layer: Optional[Layer] = None
+        self.value_shapes: dict[str, list] = {}  # values whose shape only a run knows (DetectionOutput's rows)
 
     def unique(self, hint: str) -> str:
         name, k = hint, 1
@@ -111,7 +112,9 @@ def build(graph: Graph, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
                for name, a in ctx.arrays.items()]
     g = helper.make_graph(ctx.nodes, graph.name or "caffe_net",
                           [_value_info(graph, v, dynamic) for v in io.inputs],
-                          [_value_info(graph, v, dynamic) for v in io.outputs], initializer=headers)
+                          [helper.make_tensor_value_info(v, TensorProto.FLOAT, ctx.value_shapes[v])
+                           if v in ctx.value_shapes else _value_info(graph, v, dynamic) for v in io.outputs],
+                          initializer=headers)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="caffezoo", producer_version="0.1")
     model.ir_version = IR_VERSION

@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from prototxt.graph import Graph, Layer, unique_name
+from prototxt.graph import Graph, Layer, NameSet, unique_name
 
 from . import registry
 from .specs import ModuleSpec, nn_source, nn_specs, nn_tree  # noqa: F401 - folder.py imports nn_source from here
@@ -115,7 +115,7 @@ def plan(graph: Graph, training: bool = False) -> Plan:
     if not training:
         registry.check_weights(graph)
     attrs: set[str] = set()          # submodule names
-    taken: set[str] = {"self"}       # forward()'s variables
+    taken: set[str] = NameSet({"self"})  # forward()'s variables (NameSet: linear uniquing)
     value_vars: dict[str, str] = {}
     io = None if training else registry.inference_io(graph)
     inputs = list(graph.inputs) if io is None else io.inputs
