@@ -42,6 +42,11 @@ class LayerImpl:
     def onnx(self, layer: Layer, ctx) -> None:
         raise NotImplementedError
 
+    def serves(self, layer: Layer) -> bool:
+        """Whether this implementation handles this layer of its type (the built-in 'Python' one serves
+        only the well-known Python layers)."""
+        return True
+
 
 _REGISTRY: dict[str, LayerImpl] = {}
 _discovered = False
@@ -107,7 +112,7 @@ def check_supported(graph: Graph, training: bool = False) -> None:
     _discover()
     missing: dict[str, list[str]] = {}
     for layer in graph.layers:
-        if layer.type in _REGISTRY or layer.type in DATA_LAYERS:
+        if (layer.type in _REGISTRY and _REGISTRY[layer.type].serves(layer)) or layer.type in DATA_LAYERS:
             continue
         if layer.type in TRAINING_ONLY and not training:
             continue

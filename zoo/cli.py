@@ -108,6 +108,7 @@ def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
 
 def _run_info(args: argparse.Namespace) -> int:
     from prototxt import CaffeError, MissingBottomError, attach_weights, load_net
+    import converters  # noqa: F401  (the fork layer types' shape rules)
     from zoo import netinfo
 
     options = dict(stages=args.stage, level=args.level, input_shapes=dict(args.input_shape) or None)

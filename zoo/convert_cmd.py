@@ -63,6 +63,7 @@ def _resolve(args):
 def _read(source, weights: str, input_shapes=None):
     """The graph with weights of a prototxt path or of a built-in NetParameter."""
     from prototxt import attach_weights, build_graph, load_net
+    import converters  # noqa: F401  (the fork layer types' shape rules)
     if isinstance(source, str):
         return load_net(source, weights, input_shapes=input_shapes)
     graph = build_graph(source, input_shapes=input_shapes, source=f"{source.name} (built-in architecture)")
