@@ -148,9 +148,17 @@ def python_kind(proto) -> str | None:
     key = (proto.python_param.module, proto.python_param.layer)
     if key == PROPOSAL:
         return "proposal"
-    if key in TEST_IDENTITY:
+    if key in TEST_IDENTITY and _test_phase(proto):
         return "identity"
     return None
+
+
+def _test_phase(proto) -> bool:
+    """A param_str phase other than TEST (ENet's training nets say 'TRAIN') makes the layer drop channels."""
+    try:
+        return str(param_str(proto).get("phase", "TEST")).upper() == "TEST"
+    except ValueError:
+        return False
 
 
 def param_str(proto) -> dict:

@@ -528,3 +528,13 @@ def test_exported_folder_imports_and_matches(tmp_path, family):
     assert want.keys() == got.keys()
     for k in want:
         assert torch.equal(want[k], got[k]), k
+
+
+def test_spatial_dropout_in_training_phase_is_not_served(tmp_path):
+    """ENet's training nets set phase TRAIN in param_str: the layer then drops channels, so it is refused."""
+    graph = load_net(_net(tmp_path, 'input: "x" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n'
+                                    'layer { name: "drop" type: "Python" bottom: "x" top: "y" python_param { '
+                                    'module: "spatial_dropout" layer: "SpatialDropoutLayer" '
+                                    'param_str: "{\'phase\': \'TRAIN\', \'p\': \'0.01\'}" } }\n'))
+    with pytest.raises(UnsupportedLayers, match=r"'drop' \(spatial_dropout.SpatialDropoutLayer\)"):
+        to_onnx(graph)
