@@ -566,7 +566,7 @@ class Interp(CaffeModule):
     def __init__(self, crop, height, width):
         super().__init__(crop=crop, height=height, width=width)
 
-    def forward(self, x):
+    def forward(self, x, *reference):  # a reference blob only gave the size
         a = self.args
         beg, end = a["crop"]
         if beg or end:

@@ -14,8 +14,8 @@ from ._common import f32, shape_of, top_shape, nn_specs
 # -- Interp -----------------------------------------------------------------------------------------
 
 def _interp_shape(layer, bottoms):
-    """InterpLayer::Reshape: crop by pad_beg/pad_end (<= 0), then the first of shrink, zoom, height/width,
-    shrink and zoom that the parameters give."""
+    """InterpLayer::Reshape: crop by pad_beg/pad_end (<= 0), then a second bottom's size, or the first of
+    shrink, zoom, height/width, shrink and zoom that the parameters give."""
     p = layer.interp_param
     if p.pad_beg > 0 or p.pad_end > 0:
         shapes.fail(layer, f"pad_beg {p.pad_beg} / pad_end {p.pad_end} must be <= 0 (Interp only crops)")
@@ -24,6 +24,8 @@ def _interp_shape(layer, bottoms):
     if h_in <= 0 or w_in <= 0:
         shapes.fail(layer, f"cropping {-p.pad_beg}+{-p.pad_end} leaves nothing of {h}x{w}")
     shrink, zoom = p.HasField("shrink_factor"), p.HasField("zoom_factor")
+    if len(bottoms) > 1:  # the forks' "resize to a reference blob" form: its height and width
+        return ShapeResult([(n, c) + tuple(bottoms[1][2:4])])
     if (shrink and p.shrink_factor < 1) or (zoom and p.zoom_factor < 1):
         shapes.fail(layer, "shrink_factor and zoom_factor must be >= 1")
     if shrink and not zoom:

@@ -538,3 +538,28 @@ def test_spatial_dropout_in_training_phase_is_not_served(tmp_path):
                                     'param_str: "{\'phase\': \'TRAIN\', \'p\': \'0.01\'}" } }\n'))
     with pytest.raises(UnsupportedLayers, match=r"'drop' \(spatial_dropout.SpatialDropoutLayer\)"):
         to_onnx(graph)
+
+
+def test_interp_to_a_reference_blob_size(tmp_path):
+    graph = load_net(_net(tmp_path, 'input: "x" input_shape { dim: 2 dim: 3 dim: 5 dim: 7 }\n'
+                                    'input: "ref" input_shape { dim: 2 dim: 1 dim: 9 dim: 4 }\n'
+                                    'layer { name: "interp" type: "Interp" bottom: "x" bottom: "ref" top: "y" }\n'))
+    x = np.random.default_rng(17).standard_normal((2, 3, 5, 7)).astype(np.float32)
+    ref = interp_reference(x, 0, 0, 9, 4)
+    for got in _both(graph, {"x": x, "ref": np.zeros((2, 1, 9, 4), np.float32)}):
+        _check(got, {"y": ref})
+
+
+@pytest.mark.parametrize("param, shape", [
+    ("batch_size: 2 new_height: 11 new_width: 13", (2, 3, 11, 13)),
+    ("batch_size: 1 new_height: 11 new_width: 13 crop_height: 5 crop_width: 7 is_color: false", (1, 1, 5, 7)),
+])
+def test_dense_image_data_becomes_an_input(tmp_path, param, shape):
+    """SegNet/ENet's DenseImageData: (batch, 3 or 1, crop or new size); the label top (batch, 1, H, W)."""
+    graph = load_net(_net(tmp_path, f'layer {{ name: "data" type: "DenseImageData" top: "data" top: "label" '
+                                    f'dense_image_data_param {{ source: "list.txt" {param} }} }}\n'
+                                    'layer { name: "relu" type: "ReLU" bottom: "data" top: "y" }\n'))
+    assert graph.values["data"].shape == shape and graph.values["label"].shape == (shape[0], 1) + shape[2:]
+    x = np.random.default_rng(18).standard_normal(shape).astype(np.float32)
+    for got in _both(graph, {"data": x, "label": np.zeros((shape[0], 1) + shape[2:], np.float32)}):
+        assert np.array_equal(got["y"], np.maximum(x, 0))
