@@ -563,3 +563,34 @@ def test_dense_image_data_becomes_an_input(tmp_path, param, shape):
     x = np.random.default_rng(18).standard_normal(shape).astype(np.float32)
     for got in _both(graph, {"data": x, "label": np.zeros((shape[0], 1) + shape[2:], np.float32)}):
         assert np.array_equal(got["y"], np.maximum(x, 0))
+
+
+def max_pool_mask_reference(x, k, s, p, out_h, out_w):
+    """PoolingLayer::Forward_cpu, MAX with a mask top: windows clipped to the input, the first strict
+    maximum in scan order, its index h * W + w."""
+    n, c, height, width = x.shape
+    top = np.full((n, c, out_h, out_w), -np.float32(3.4028235e38), np.float32)
+    mask = np.full((n, c, out_h, out_w), -1, np.float32)
+    for ph in range(out_h):
+        for pw in range(out_w):
+            hs, ws = ph * s - p, pw * s - p
+            he, we = min(hs + k, height), min(ws + k, width)
+            hs, ws = max(hs, 0), max(ws, 0)
+            for h in range(hs, he):
+                for w in range(ws, we):
+                    better = x[:, :, h, w] > top[:, :, ph, pw]
+                    top[:, :, ph, pw] = np.where(better, x[:, :, h, w], top[:, :, ph, pw])
+                    mask[:, :, ph, pw] = np.where(better, h * width + w, mask[:, :, ph, pw])
+    return top, mask
+
+
+@pytest.mark.parametrize("k, s, p", [(3, 2, 1), (2, 2, 0), (3, 3, 0)], ids=["pad", "k2s2", "ceil-partial"])
+def test_max_pooling_mask_top(tmp_path, k, s, p):
+    graph = load_net(_net(tmp_path, 'input: "x" input_shape { dim: 2 dim: 3 dim: 7 dim: 10 }\n'
+                                    f'layer {{ name: "pool" type: "Pooling" bottom: "x" top: "y" top: "mask" '
+                                    f'pooling_param {{ pool: MAX kernel_size: {k} stride: {s} pad: {p} }} }}\n'))
+    out_h, out_w = graph.values["y"].shape[2:]
+    x = np.random.default_rng(19).standard_normal((2, 3, 7, 10)).astype(np.float32)
+    top, mask = max_pool_mask_reference(x, k, s, p, out_h, out_w)
+    for got in _both(graph, {"x": x}):
+        assert np.array_equal(got["y"], top) and np.array_equal(got["mask"], mask)
