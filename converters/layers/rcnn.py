@@ -224,6 +224,9 @@ def _python_shape(layer, bottoms):
     if kind == "identity":
         return ShapeResult([bottoms[0]])
     args = proposal_args(layer)
+    if bottoms[0][0] != 1:
+        shapes.fail(layer, f"the proposal layer takes one image (py-faster-rcnn: 'Only single item batches are "
+                           f"supported'), got a batch of {bottoms[0][0]}")
     if len(bottoms) != 3 or bottoms[0][1] != 2 * len(args["anchors"]) or bottoms[1][1] != 4 * len(args["anchors"]):
         shapes.fail(layer, f"the proposal layer takes scores (1, 2A, H, W), deltas (1, 4A, H, W) and im_info with "
                            f"A = {len(args['anchors'])} anchors; got {bottoms}")

@@ -462,6 +462,9 @@ def test_enet_spatial_dropout_is_identity_at_test(tmp_path):
     ('layer { name: "prop" type: "Python" bottom: "x" bottom: "x" bottom: "x" top: "r" python_param { '
      'module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "\'feat_stride\': 16, \'bogus\': 1" } }',
      ["'prop'", "unknown: bogus"]),
+    ('layer { name: "prop2" type: "Python" bottom: "x" bottom: "x" bottom: "x" top: "r" python_param { '
+     'module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "\'feat_stride\': 16" } }',
+     ["'prop2'", "takes one image", "a batch of 2"]),
 ])
 def test_unsupported_fork_parameter_is_one_line(tmp_path, layer, words):
     path = _net(tmp_path, 'input: "x" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n' + layer + "\n")
