@@ -16,6 +16,10 @@ from .registry import InferenceIO, LayerImpl, implementation, inference_io, regi
 # loaded after `import converters` has its shapes.
 registered_types()
 
+# The built-in layer families (and plugins) register their shape rules now, so that a net loaded after
+# `import converters` knows the fork types (no torch import: the families import numpy and prototxt).
+registered_types()
+
 
 def to_onnx(graph, opset=None, dynamic_batch=True, fold=True):
     from .onnx import DEFAULT_OPSET, to_onnx as _to_onnx

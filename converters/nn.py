@@ -693,6 +693,258 @@ class RNN(CaffeModule):
         return (out, h_prev.unsqueeze(0)) if self.args["expose_hidden"] else out
 
 
+# -- fork layers (converters/layers/mobile.py, segmentation.py, rcnn.py) ---------------------------
+
+class ShuffleChannel(CaffeModule):
+    """ShuffleNet's channel shuffle: (N, g, C/g, ...) -> (N, C/g, g, ...)."""
+
+    def __init__(self, group):
+        super().__init__(group=group)
+
+    def forward(self, x):
+        g = self.args["group"]
+        shape = list(x.shape)
+        return x.reshape([shape[0], g, shape[1] // g] + shape[2:]).transpose(1, 2).reshape(shape)
+
+
+class Axpy(CaffeModule):
+    """SENet's Axpy: a * x + y with a (N, C, 1, 1) scaling x per channel."""
+
+    def forward(self, a, x, y):
+        return a.reshape(a.shape[0], a.shape[1], *([1] * (x.dim() - 2))) * x + y
+
+
+class Interp(CaffeModule):
+    """PSPNet/DeepLab Interp: crop by -pad_beg/-pad_end, then align-corners bilinear to (height, width)."""
+
+    def __init__(self, crop, height, width):
+        super().__init__(crop=crop, height=height, width=width)
+
+    def forward(self, x, *reference):  # a reference blob only gave the size
+        a = self.args
+        beg, end = a["crop"]
+        if beg or end:
+            x = x[..., beg:x.shape[-2] - end, beg:x.shape[-1] - end]
+        if (x.shape[-2], x.shape[-1]) == (a["height"], a["width"]):
+            return x
+        return F.interpolate(x, size=(a["height"], a["width"]), mode="bilinear", align_corners=True)
+
+
+class BN(CaffeModule):
+    """The forks' BN: SegNet/ENet INFERENCE (x * scale + shift), SegNet LEARN (this batch's statistics,
+    var = E[x^2] - E[x]^2, eps 1e-9, whatever the phase) and PSPNet (stored mean and variance at test).
+    Blobs are (1, C, 1, 1): scale, shift (SegNet) or slope, bias, mean, variance (PSPNet)."""
+
+    def __init__(self, channels, mode, eps):
+        super().__init__(channels=channels, mode=mode, eps=eps)
+        shape = (1, channels, 1, 1)
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.empty(shape))
+        if mode == "PSPNET":
+            self.register_buffer("mean", torch.zeros(shape))
+            self.register_buffer("variance", torch.ones(shape))
+
+    def forward(self, x):
+        a = self.args
+        if a["mode"] == "INFERENCE":
+            return x * self.weight + self.bias
+        if a["mode"] == "PSPNET":
+            return (x - self.mean) / torch.sqrt(self.variance + a["eps"]) * self.weight + self.bias
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = (x * x).mean(dim=(0, 2, 3), keepdim=True) - mean * mean
+        return (x - mean) / torch.sqrt(var + a["eps"]) * self.weight + self.bias
+
+
+class MaxPoolingWithMask(Pooling):
+    """Caffe's MAX pooling with its second top: the flat index h*W + w of each maximum within its
+    channel plane (the first of equal values in scan order), as float."""
+
+    def forward(self, x):
+        a = self.args
+        width = x.shape[-1]
+        xp = self._padded(x, float("-inf"))
+        y, idx = F.max_pool2d(xp, a["kernel"], a["stride"], return_indices=True)
+        wp = xp.shape[-1]
+        row, col = idx // wp - a["pad"][0], idx % wp - a["pad"][1]
+        return y, (row * width + col).to(x.dtype)
+
+
+class UpsampleMask(CaffeModule):
+    """SegNet's Upsample: each value goes to the position its pooling mask recorded; the rest is zero."""
+
+    def __init__(self, height, width):
+        super().__init__(height=height, width=width)
+
+    def forward(self, x, mask):
+        a = self.args
+        n, c = x.shape[0], x.shape[1]
+        out = x.new_zeros(n, c, a["height"] * a["width"])
+        out = out.scatter(2, mask.reshape(n, c, -1).long(), x.reshape(n, c, -1))
+        return out.reshape(n, c, a["height"], a["width"])
+
+
+class UpsampleNearest(CaffeModule):
+    """The one-bottom Upsample (YOLO forks): each value repeated scale x scale times."""
+
+    def __init__(self, scale):
+        super().__init__(scale=scale)
+
+    def forward(self, x):
+        s = self.args["scale"]
+        return x.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
+
+
+def _c_round(x):
+    """C's round(): halves away from zero (torch.round rounds them to even)."""
+    x = x.double()
+    return torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
+
+
+def _roi_bins(start, size, pooled, limit):
+    """Caffe's ROI bins along one axis: [floor(p*step), ceil((p+1)*step)) + start, clipped; step in float32."""
+    step = torch.tensor(float(size), dtype=torch.float32) / pooled
+    p = torch.arange(pooled, dtype=torch.float32)
+    lo = (torch.floor(p * step) + start).clamp(0, limit)
+    hi = (torch.ceil((p + 1) * step) + start).clamp(0, limit)
+    return list(zip(lo.long().tolist(), hi.long().tolist()))
+
+
+class ROIPooling(CaffeModule):
+    """Fast R-CNN ROIPooling: rows (batch, x1, y1, x2, y2) scaled and rounded, bins floor/ceil of the
+    ROI's size / pooled size, max over each bin, an empty bin 0."""
+
+    def __init__(self, pooled_h, pooled_w, spatial_scale):
+        super().__init__(pooled_h=pooled_h, pooled_w=pooled_w, spatial_scale=spatial_scale)
+
+    def forward(self, x, rois):
+        a = self.args
+        rois = rois.reshape(-1, 5)
+        n, c, h, w = x.shape
+        out = x.new_zeros(rois.shape[0], c, a["pooled_h"], a["pooled_w"])
+        scale = torch.tensor(a["spatial_scale"], dtype=torch.float32)
+        scaled = _c_round(rois[:, 1:].float() * scale).to(torch.int64).tolist()
+        for r, (b, (x1, y1, x2, y2)) in enumerate(zip(rois[:, 0].to(torch.int64).tolist(), scaled)):
+            rows = _roi_bins(y1, max(y2 - y1 + 1, 1), a["pooled_h"], h)
+            cols = _roi_bins(x1, max(x2 - x1 + 1, 1), a["pooled_w"], w)
+            for i, (h0, h1) in enumerate(rows):
+                if h1 <= h0:
+                    continue
+                band = x[b, :, h0:h1].amax(dim=1)
+                for j, (w0, w1) in enumerate(cols):
+                    if w1 > w0:
+                        out[r, :, i, j] = band[:, w0:w1].amax(dim=1)
+        return out
+
+
+def _integral(x):
+    """Zero-padded 2-D running sums in float64: any box sum as four corner reads."""
+    s = torch.cumsum(torch.cumsum(x.double(), dim=-2), dim=-1)
+    return F.pad(s, (1, 0, 1, 0))
+
+
+class PSROIPooling(CaffeModule):
+    """R-FCN's position-sensitive ROI pooling: bin (i, j) of output channel d averages input channel
+    (d * group + i) * group + j over the bin; bins from round(coordinate) (+1 at the end) * spatial_scale,
+    floor/ceil, clipped; an empty bin 0."""
+
+    def __init__(self, output_dim, group_size, spatial_scale):
+        super().__init__(output_dim=output_dim, group_size=group_size, spatial_scale=spatial_scale)
+
+    def forward(self, x, rois):
+        a = self.args
+        g, d = a["group_size"], a["output_dim"]
+        rois = rois.reshape(-1, 5)
+        n, c, h, w = x.shape
+        ss = torch.tensor(a["spatial_scale"], dtype=torch.float32)
+        r = _c_round(rois[:, 1:].float()).float()
+        x1, y1 = r[:, 0] * ss, r[:, 1] * ss
+        x2, y2 = (r[:, 2] + 1) * ss, (r[:, 3] + 1) * ss
+        bin_h = torch.clamp(y2 - y1, min=0.1) / g
+        bin_w = torch.clamp(x2 - x1, min=0.1) / g
+        p = torch.arange(g, dtype=torch.float32)
+        hs = torch.clamp(torch.floor(p[None] * bin_h[:, None] + y1[:, None]), 0, h).long()
+        he = torch.clamp(torch.ceil((p[None] + 1) * bin_h[:, None] + y1[:, None]), 0, h).long()
+        ws = torch.clamp(torch.floor(p[None] * bin_w[:, None] + x1[:, None]), 0, w).long()
+        we = torch.clamp(torch.ceil((p[None] + 1) * bin_w[:, None] + x1[:, None]), 0, w).long()
+        s = _integral(x).reshape(-1)
+        b = rois[:, 0].long().reshape(-1, 1, 1, 1)
+        ch = torch.arange(d * g * g).reshape(1, d, g, g)
+        plane = (b * c + ch) * ((h + 1) * (w + 1))
+
+        def at(rows, cols):
+            return s[plane + rows[:, None, :, None] * (w + 1) + cols[:, None, None, :]]
+
+        total = at(he, we) - at(hs, we) - at(he, ws) + at(hs, ws)
+        area = ((he - hs)[:, None, :, None] * (we - ws)[:, None, None, :]).double()
+        out = torch.where(area > 0, total / area.clamp(min=1), torch.zeros_like(total))
+        return out.to(x.dtype)
+
+
+class Proposal(CaffeModule):
+    """py-faster-rcnn's rpn.proposal_layer.ProposalLayer at TEST: anchors + deltas, clipped to the image,
+    boxes under min_size * scale dropped, the pre_nms_top_n best, NMS, the post_nms_top_n kept; rows
+    (0, x1, y1, x2, y2). ``anchors`` are the (A, 4) base anchors (generate_anchors)."""
+
+    def __init__(self, anchors, feat_stride, pre_nms_top_n=6000, post_nms_top_n=300, nms_thresh=0.7, min_size=16):
+        super().__init__(anchors=anchors, feat_stride=feat_stride, pre_nms_top_n=pre_nms_top_n,
+                         post_nms_top_n=post_nms_top_n, nms_thresh=nms_thresh, min_size=min_size)
+
+    def _anchors(self, height, width):
+        a = self.args
+        base = torch.tensor(a["anchors"], dtype=torch.float64)
+        sx = torch.arange(width, dtype=torch.float64) * a["feat_stride"]
+        sy = torch.arange(height, dtype=torch.float64) * a["feat_stride"]
+        yy, xx = torch.meshgrid(sy, sx, indexing="ij")
+        shifts = torch.stack([xx.reshape(-1), yy.reshape(-1), xx.reshape(-1), yy.reshape(-1)], 1)
+        return (base[None] + shifts[:, None]).reshape(-1, 4).float()
+
+    def forward(self, scores, deltas, im_info):
+        a = self.args
+        num = len(a["anchors"])
+        height, width = scores.shape[-2], scores.shape[-1]
+        boxes = self._anchors(height, width)
+        scores = scores[:1, num:].permute(0, 2, 3, 1).reshape(-1)
+        deltas = deltas[:1].permute(0, 2, 3, 1).reshape(-1, 4)
+        widths = boxes[:, 2] - boxes[:, 0] + 1.0
+        heights = boxes[:, 3] - boxes[:, 1] + 1.0
+        cx = deltas[:, 0] * widths + (boxes[:, 0] + 0.5 * widths)
+        cy = deltas[:, 1] * heights + (boxes[:, 1] + 0.5 * heights)
+        pw, ph = torch.exp(deltas[:, 2]) * widths, torch.exp(deltas[:, 3]) * heights
+        info = im_info.reshape(-1)
+        x1 = torch.minimum(torch.maximum(cx - 0.5 * pw, info.new_zeros(())), info[1] - 1)
+        y1 = torch.minimum(torch.maximum(cy - 0.5 * ph, info.new_zeros(())), info[0] - 1)
+        x2 = torch.minimum(torch.maximum(cx + 0.5 * pw, info.new_zeros(())), info[1] - 1)
+        y2 = torch.minimum(torch.maximum(cy + 0.5 * ph, info.new_zeros(())), info[0] - 1)
+        props = torch.stack([x1, y1, x2, y2], 1)
+        min_size = a["min_size"] * info[2]
+        keep = ((x2 - x1 + 1) >= min_size) & ((y2 - y1 + 1) >= min_size)
+        props, scores = props[keep], scores[keep]
+        order = torch.argsort(scores, descending=True, stable=True)[:a["pre_nms_top_n"]]
+        props, scores = props[order], scores[order]
+        kept = _nms(props, a["nms_thresh"], a["post_nms_top_n"])
+        props = props[kept]
+        return torch.cat([props.new_zeros(props.shape[0], 1), props], 1)
+
+
+def _nms(boxes, thresh, limit):
+    """Greedy NMS over boxes sorted by score, overlap with Fast R-CNN's +1 pixel sizes; at most limit kept."""
+    x1, y1, x2, y2 = boxes.unbind(1)
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    alive = torch.ones(boxes.shape[0], dtype=torch.bool)
+    keep = []
+    for i in range(boxes.shape[0]):
+        if len(keep) >= limit:
+            break
+        if not alive[i]:
+            continue
+        keep.append(i)
+        w = torch.clamp(torch.minimum(x2[i], x2) - torch.maximum(x1[i], x1) + 1, min=0)
+        h = torch.clamp(torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1) + 1, min=0)
+        inter = w * h
+        alive &= inter / (areas[i] + areas - inter) <= thresh
+    return torch.tensor(keep, dtype=torch.int64)
+
+
 # -- training-only layers (used by `zoo train`) ----------------------------------------------------
 
 class SoftmaxWithLoss(CaffeModule):

@@ -119,6 +119,10 @@ class LayerImpl:
         can fold into the Convolution or InnerProduct before it); None otherwise."""
         return None
 
+    def serves(self, layer: Layer) -> bool:
+        """Whether this implementation handles this layer of its type (the built-in 'Python' one serves
+        only the well-known Python layers)."""
+        return True
 
 
 _REGISTRY: dict[str, LayerImpl] = {}
@@ -206,7 +210,7 @@ def check_supported(graph: Graph) -> None:
     _discover()
     missing: dict[str, list[str]] = {}
     for layer in graph.layers:
-        if layer.type in _REGISTRY or layer.type in DATA_LAYERS:
+        if (layer.type in _REGISTRY and _REGISTRY[layer.type].serves(layer)) or layer.type in DATA_LAYERS:
             continue
         missing.setdefault(layer.type, []).append(layer.name)
     if "Python" in missing:

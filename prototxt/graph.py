@@ -384,6 +384,9 @@ def _infer_shapes(graph: Graph, overrides: dict[str, Sequence[int]], max_bytes: 
         else:
             try:
                 result = shapes.infer(layer.proto, bottom_shapes)
+            except shapes.UnknownLayer:
+                graph.unknown_types.setdefault(layer.type, []).append(layer.name)
+                continue
             except shapes.UnknownInputShape as exc:
                 tops = ", ".join(layer.caffe_tops)
                 if graph.shape_problem is None:

@@ -37,6 +37,11 @@ LOSS_TYPES = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "Hi
 TRAINING_ONLY_TYPES = LOSS_TYPES | {"Silence"}
 
 
+class UnknownLayer(Exception):
+    """Raised by a rule registered for a type it serves only in part (a ``Python`` layer naming code
+    nobody implemented): the layer counts as of an unknown type."""
+
+
 def register_shape_rule(*types: str, replace: bool = False) -> Callable[[Rule], Rule]:
     def deco(fn: Rule) -> Rule:
         for t in types:

@@ -88,18 +88,50 @@ def emit_pool(ctx, x: str, out: str, a: dict) -> None:
     raise ValueError(f"unknown pooling method {a['method']}")
 
 
+def _mask_top(layer, a: dict) -> bool:
+    """Whether the layer has Caffe's second top (MAX only: the argmax mask)."""
+    if len(layer.tops) < 2:
+        return False
+    if a["method"] != "MAX":
+        raise ValueError(f"layer '{layer.name}': only MAX pooling has a second (mask) top; {a['method']} has one top")
+    return True
+
+
+def emit_pool_mask(ctx, x: str, tops, a: dict) -> None:
+    """MAX pooling and its mask: ONNX MaxPool's indices count over the whole (sliced) tensor; Caffe's
+    mask is h*W + w within the channel plane of the input."""
+    h, w = a["in_size"]
+    pads = [pool_pads(a["in_size"][i], a["kernel"][i], a["stride"][i], a["pad"][i], a["out_size"][i]) for i in range(2)]
+    hs, ws = h - pads[0][1], w - pads[1][1]
+    if hs != h or ws != w:
+        x = ctx.node("Slice", [x, ctx.ints([0, 0]), ctx.ints([hs, ws]), ctx.ints([2, 3])])[0]
+    _, index = ctx.node("MaxPool", [x], [tops[0], ctx.tmp("indices")], kernel_shape=a["kernel"], strides=a["stride"],
+                        pads=[a["pad"][0], a["pad"][1], pads[0][0], pads[1][0]])
+    plane = ctx.node("Mod", [index, ctx.ints([hs * ws], "plane")])[0]
+    if ws != w:
+        row = ctx.node("Div", [plane, ctx.ints([ws], "width")])[0]
+        col = ctx.node("Mod", [plane, ctx.ints([ws], "width")])[0]
+        plane = ctx.node("Add", [ctx.node("Mul", [row, ctx.ints([w], "in_width")])[0], col])[0]
+    ctx.node("Cast", [plane], [tops[1]], to=1)
+
+
 @register_layer("Pooling")
 class Pooling(LayerImpl):
     deterministic = True
 
     def torch(self, layer, graph):
         a = _args(layer, graph)
+        if _mask_top(layer, a):
+            return nn_specs().MaxPoolingWithMask(**a), []
         if layer.proto.pooling_param.global_pooling and a["method"] != "STOCHASTIC":
             return nn_specs().GlobalPooling(a["method"]), []
         return nn_specs().Pooling(**a), []
 
     def onnx(self, layer, ctx):
         a = _args(layer, ctx.graph)
+        if _mask_top(layer, a):
+            emit_pool_mask(ctx, layer.bottoms[0], layer.tops, a)
+            return
         if layer.proto.pooling_param.global_pooling and a["method"] != "STOCHASTIC":
             op = "GlobalMaxPool" if a["method"] == "MAX" else "GlobalAveragePool"
             ctx.node(op, [layer.bottoms[0]], [layer.tops[0]])
