@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from zoo.finetune import finetune
+    from zoo.training.finetune import finetune
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")

@@ -46,7 +46,7 @@ def main() -> None:
     from converters import to_pytorch
     from converters.onnx import build, write_model
     from prototxt import load_net
-    from zoo.runtime import session
+    from zoo.inference.runtime import session
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     warnings.simplefilter("ignore")

@@ -6,15 +6,34 @@
     module = to_pytorch(graph)          # torch.fx.GraphModule, eval mode
     model = to_onnx(graph)              # onnx.ModelProto (no torch import on this path)
     export_folder(graph, "net_pytorch") # model.py + weights.pt for plain torch (no torch import either)
+    save_onnx(graph, "net.onnx")        # the ONNX model written to a file
 
 The ONNX and folder paths never import torch: ``to_pytorch`` and ``verify`` import it lazily.
 """
-from .registry import LayerImpl, register_layer, registered_types
+from .registry import InferenceIO, LayerImpl, implementation, inference_io, register_layer, registered_types
+
+# The layer families register shape rules for fork types (PriorBox, ...): do it now, so that a net
+# loaded after `import converters` has its shapes.
+registered_types()
+
+# The built-in layer families (and plugins) register their shape rules now, so that a net loaded after
+# `import converters` knows the fork types (no torch import: the families import numpy and prototxt).
+registered_types()
 
 
 def to_onnx(graph, opset=None, dynamic_batch=True, fold=True):
     from .onnx import DEFAULT_OPSET, to_onnx as _to_onnx
     return _to_onnx(graph, opset=opset or DEFAULT_OPSET, dynamic_batch=dynamic_batch, fold=fold)
+
+
+def save_onnx(graph, path, opset=None, dynamic_batch=True):
+    """Write ``graph`` as an ONNX file at ``path`` (atomically, weights streamed from the graph's arrays
+    without a second copy in memory). Returns the model without initializer data and the arrays by
+    initializer name, for a caller that runs the model on them."""
+    from .onnx import DEFAULT_OPSET, build, write_model
+    model, arrays = build(graph, opset=opset or DEFAULT_OPSET, dynamic_batch=dynamic_batch)
+    write_model(model, arrays, path)
+    return model, arrays
 
 
 def to_pytorch(graph, training=False):
@@ -28,9 +47,28 @@ def export_folder(graph, folder):
     return _export(graph, folder)
 
 
+def run_pytorch(module, inputs):
+    """Run a module from ``to_pytorch`` on numpy inputs (no autograd): {Caffe output name: array}."""
+    from .torch import run
+    return run(module, inputs)
+
+
+def random_inputs(graph, seed=0):
+    """One seeded array per net input (image-like values for 4-D inputs), as ``verify`` uses."""
+    from .verify import random_inputs as _random_inputs
+    return _random_inputs(graph, seed)
+
+
+def compare(got, ref, rtol=1e-4):
+    """(largest |got - ref|, whether they agree within rtol and atol = rtol * max(1, max|ref|))."""
+    from .verify import compare as _compare
+    return _compare(got, ref, rtol)
+
+
 def verify(graph, inputs=None, blobs=None, **kwargs):
     from .verify import verify as _verify
     return _verify(graph, inputs=inputs, blobs=blobs, **kwargs)
 
 
-__all__ = ["to_onnx", "to_pytorch", "export_folder", "verify", "register_layer", "registered_types", "LayerImpl"]
+__all__ = ["to_onnx", "save_onnx", "to_pytorch", "export_folder", "verify", "compare", "run_pytorch", "random_inputs",
+           "inference_io", "InferenceIO", "register_layer", "registered_types", "implementation", "LayerImpl"]

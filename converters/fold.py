@@ -1,4 +1,6 @@
-"""Fold BatchNorm and Scale into the convolution / inner product before them (exact affine algebra).
+"""Fold per-channel affine layers (BatchNorm, Scale: ``LayerImpl.affine``) into the layer before them
+that takes them into its weights (Convolution, InnerProduct: ``LayerImpl.folds_affine``), by exact
+affine algebra.
 
 Folding applies only where nothing else reads the intermediate values: the conv's output feeds the
 BatchNorm alone, the BatchNorm's output the Scale alone, and none of them is a net output.
@@ -11,41 +13,32 @@ import numpy as np
 
 from prototxt.graph import Graph, Layer
 
+from . import registry
+
 Emitter = Callable[[Layer, object], None]
 
 
 def _channel_affine(layer: Layer):
-    """(a, b) per channel of a BatchNorm (stored stats) or a 1-bottom Scale over axis 1; else None."""
-    if layer.type == "BatchNorm":
-        from .layers.norm import batch_norm_affine, global_stats
-        return batch_norm_affine(layer) if global_stats(layer) and layer.blobs else None
-    if layer.type == "Scale" and len(layer.bottoms) == 1 and layer.blobs:
-        p = layer.proto.scale_param
-        if p.axis != 1 or p.num_axes != 1:
-            return None
-        a = np.asarray(layer.blobs[0], dtype=np.float64).reshape(-1)
-        b = np.asarray(layer.blobs[1], dtype=np.float64).reshape(-1) if p.bias_term else np.zeros_like(a)
-        return a, b
-    return None
+    """(a, b) per channel of a layer computing y = a*x + b over axis 1 (``LayerImpl.affine``); else None."""
+    return registry.get(layer.type).affine(layer)
 
 
 def fold_affine(graph: Graph) -> dict[str, Emitter]:
     plan: dict[str, Emitter] = {}
     by_name = {l.name: l for l in graph.layers}
     for layer in graph.layers:
-        if layer.name in plan or layer.type not in ("Convolution", "InnerProduct", "BatchNorm"):
-            continue
-        if len(layer.bottoms) != 1 or len(layer.tops) != 1:
-            continue
-        if layer.type != "BatchNorm" and not layer.blobs:
+        impl = registry.implementation(layer.type)
+        if layer.name in plan or impl is None or len(layer.bottoms) != 1 or len(layer.tops) != 1:
             continue
         chain, value = [], layer.tops[0]
         a_total = b_total = None
-        if layer.type == "BatchNorm":
+        if not impl.folds_affine:  # an affine layer starts a chain of its own: one affine for all of it
             first = _channel_affine(layer)
             if first is None:
                 continue
             a_total, b_total = first
+        elif not layer.blobs:
+            continue
         while True:
             nxt_name = graph.values[value].consumers[0] if len(graph.values[value].consumers) == 1 else None
             if value in graph.outputs or nxt_name is None:
@@ -63,13 +56,13 @@ def fold_affine(graph: Graph) -> dict[str, Emitter]:
         out = value
         for c in chain:
             plan[c.name] = lambda l, ctx: None
-        plan[layer.name] = _folded_emitter(layer, a_total, b_total, out)
+        plan[layer.name] = _folded_emitter(layer, impl, a_total, b_total, out)
     return plan
 
 
-def _folded_emitter(layer: Layer, a: np.ndarray, b: np.ndarray, out: str) -> Emitter:
+def _folded_emitter(layer: Layer, impl, a: np.ndarray, b: np.ndarray, out: str) -> Emitter:
     def emit(l, ctx):
-        if layer.type == "BatchNorm":
+        if not impl.folds_affine:
             from .layers.norm import emit_channel_affine
             emit_channel_affine(ctx, layer.bottoms[0], out, a, b, len(ctx.graph.values[layer.bottoms[0]].shape))
             return
@@ -79,6 +72,5 @@ def _folded_emitter(layer: Layer, a: np.ndarray, b: np.ndarray, out: str) -> Emi
         bias = np.asarray(layer.blobs[1], dtype=np.float64) if len(layer.blobs) > 1 else np.zeros(w.shape[0])
         w = w * a.reshape([-1] + [1] * (w.ndim - 1))
         bias = bias * a + b
-        from . import registry
-        registry.get(layer.type).onnx(layer, ctx, weight=w.astype(np.float32), bias=bias.astype(np.float32), out=out)
+        impl.onnx(layer, ctx, weight=w.astype(np.float32), bias=bias.astype(np.float32), out=out)
     return emit

@@ -8,17 +8,17 @@ verify.
 """
 from __future__ import annotations
 
+import keyword
+import math
 import os
 import re
-import shutil
 import struct
-import tempfile
 import zipfile
-from typing import Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from prototxt.fileio import umask_mode
+from prototxt.fileio import atomic_dir
 from prototxt.graph import Graph
 
 from .plan import ModuleSpec, Plan, model_py_names, class_name, nn_source, plan
@@ -153,13 +153,61 @@ after the Caffe layers (see CAFFE_NAMES for the exact Caffe names).
 
 
 def _user_class(step) -> tuple[str, str]:
-    """(module, top-level name) to import a user's module class from, or one clear error."""
+    """(module, top-level name) to import a user's module class from, or one clear error. Both reach
+    model.py as an import statement: they must be dotted identifiers, nothing else."""
     cls = type(step.module)
+    where = f"layer '{step.layer.name}' ({step.layer.type}): its module class {cls.__qualname__!r}"
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
-        raise ValueError(f"layer '{step.layer.name}' ({step.layer.type}): its module class {cls.__qualname__} is "
-                         f"defined {'in __main__' if cls.__module__ == '__main__' else 'inside a function'}, "
+        raise ValueError(f"{where} is defined {'in __main__' if cls.__module__ == '__main__' else 'inside a function'}, "
                          f"so the exported model.py cannot import it; define it at the top level of a module")
+    if not (_dotted(cls.__module__) and _dotted(cls.__qualname__)) or cls.__name__ != cls.__qualname__.split(".")[-1]:
+        raise ValueError(f"{where} of module {cls.__module__!r} is not importable by that name, so the exported "
+                         f"model.py cannot import it; give the class and its module plain Python names")
     return cls.__module__, cls.__qualname__.split(".")[0]
+
+
+def _dotted(name: str) -> bool:
+    return isinstance(name, str) and all(part.isidentifier() and not keyword.iskeyword(part)
+                                         for part in name.split("."))
+
+
+def literal(value: Any) -> str:
+    """``value`` (None, bools, numbers, strings, and lists, tuples and dicts of them) as Python source
+    that evaluates to it, whatever the strings hold: repr() but for non-finite floats, which repr()
+    writes as bare names (inf, nan), and numpy scalars, which it writes as np.float32(...)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(int(value))
+    if isinstance(value, float):
+        return repr(float(value)) if math.isfinite(value) else f"float({str(float(value))!r})"
+    if isinstance(value, str):
+        return repr(str(value))
+    if isinstance(value, (list, tuple)):
+        items = [literal(v) for v in value]
+        if isinstance(value, list):
+            return "[" + ", ".join(items) + "]"
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no Python literal for a {type(value).__name__}")
+
+
+def _doc(text: str) -> str:
+    """``text`` (a name from the model file) escaped for the inside of a \"\"\" docstring: quotes,
+    backslashes and every unprintable character (NUL, line breaks) as escapes, so it reads back as it is."""
+    return "".join(c if c.isprintable() and c not in '\\"' else repr(c)[1:-1] if c != '"' else '\\"'
+                   for c in text)
+
+
+def _arguments(step, args: Any) -> str:
+    try:
+        return literal(args or {})
+    except TypeError as exc:
+        raise ValueError(f"layer '{step.layer.name}' ({step.layer.type}): its module's arguments cannot be "
+                         f"written into model.py: {exc}") from None
 
 
 def generate_model_py(p: Plan, graph: Graph) -> str:
@@ -170,7 +218,9 @@ def generate_model_py(p: Plan, graph: Graph) -> str:
     for step in p.steps:
         m = step.module
         if isinstance(m, ModuleSpec):
-            inits.append(f"        self.{step.attr} = {m.cls}(**{m.args!r})")
+            if m.cls not in model_py_names():
+                raise ValueError(f"layer '{step.layer.name}': {m.cls!r} is no module of converters/nn.py")
+            inits.append(f"        self.{step.attr} = {m.cls}(**{_arguments(step, m.args)})")
             continue
         source, top = _user_class(step)
         if (source, top) not in imported:  # never shadow the modules of nn.py or another import
@@ -181,7 +231,7 @@ def generate_model_py(p: Plan, graph: Graph) -> str:
             imports.append(f"from {source} import {top}" + (f" as {local}" if local != top else ""))
         rest = type(m).__qualname__.split(".", 1)[1:]
         expr = ".".join([imported[(source, top)], *rest])
-        inits.append(f"        self.{step.attr} = {expr}(**{(getattr(m, 'args', None) or {})!r})")
+        inits.append(f"        self.{step.attr} = {expr}(**{_arguments(step, getattr(m, 'args', None))})")
     cls = class_name(p.class_name, frozenset(imported.values()))
     forward = [f"    def forward(self{''.join(', ' + v for v in p.input_vars)}):"]
     for step in p.steps:
@@ -196,17 +246,17 @@ def generate_model_py(p: Plan, graph: Graph) -> str:
     if len(p.outputs) == 1:
         forward.append(f"        return {p.value_vars[p.outputs[0]]}")
     else:
-        items = ", ".join(f"{name!r}: {p.value_vars[o]}" for o, name in zip(p.outputs, p.output_names))
+        items = ", ".join(f"{literal(name)}: {p.value_vars[o]}" for o, name in zip(p.outputs, p.output_names))
         forward.append(f"        return {{{items}}}")
-    shapes = "; ".join(f"{graph.values[v].caffe_name} {tuple(graph.values[v].shape)}" for v in p.inputs)
+    shapes = "; ".join(f"{_doc(graph.values[v].caffe_name)} {tuple(graph.values[v].shape)}" for v in p.inputs)
     body = [
-        _HEADER.format(name=graph.name or "net", inputs=", ".join(p.input_vars), input_desc=shapes or "none",
-                       output_desc=", ".join(p.output_names), cls=cls),
+        _HEADER.format(name=_doc(graph.name or "net"), inputs=", ".join(p.input_vars), input_desc=shapes or "none",
+                       output_desc=", ".join(_doc(n) for n in p.output_names), cls=cls),
         modules.rstrip(),
         *([""] + imports if imports else []),
         "",
         "",
-        f"CAFFE_NAMES = {p.caffe_names!r}",
+        f"CAFFE_NAMES = {literal(p.caffe_names)}",
         "",
         "",
         f"class {cls}(nn.Module):",
@@ -236,8 +286,8 @@ def state_arrays(p: Plan) -> dict[str, np.ndarray]:
     for step in p.steps:
         layer = step.layer
         if not isinstance(step.module, ModuleSpec):  # a user's module: its own tensors, Caffe's blobs loaded
-            from .torch import _load_blobs
-            _load_blobs(step.module, layer, step.blob_names)
+            from .blobs import load_blobs
+            load_blobs(step.module, layer, step.blob_names)
             state.update({f"{step.attr}.{k}": v.detach().cpu().numpy()
                           for k, v in step.module.state_dict().items()})
             continue
@@ -254,24 +304,15 @@ def state_arrays(p: Plan) -> dict[str, np.ndarray]:
 
 
 def export_folder(graph: Graph, folder: str | os.PathLike, state: Optional[Mapping[str, np.ndarray]] = None) -> str:
-    """Write ``model.py`` + ``weights.pt`` into ``folder`` atomically (a temp folder, then rename).
+    """Write ``model.py`` + ``weights.pt`` into ``folder`` atomically (``prototxt.fileio.atomic_dir``: a
+    temp folder swapped in; a previous folder is never lost, even to a kill).
 
     ``state`` replaces the graph's weights (e.g. a trained module's state dict as arrays)."""
     p = plan(graph)
     source = generate_model_py(p, graph)
     folder = os.fspath(folder)
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".", suffix=".partial", dir=parent)
-    os.chmod(tmp, umask_mode(0o777))
-    try:
+    with atomic_dir(folder) as tmp:
         with open(os.path.join(tmp, "model.py"), "w", encoding="utf-8") as f:
             f.write(source)
         write_state_dict(os.path.join(tmp, "weights.pt"), state if state is not None else state_arrays(p))
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder

@@ -72,20 +72,15 @@ def _torch_ceil_size(size, kernel, stride, pad):
     return out
 
 
-def pool_pads(size, kernel, stride, pad, out):
-    """(crop, right pad) that make a floor-mode pooling over the explicitly padded input give `out`."""
-    extra = (out - 1) * stride + kernel - size - pad
-    return (extra, 0) if extra >= 0 else (0, -extra)
-
-
 class Pooling(CaffeModule):
     """Caffe pooling: MAX ignores padding; AVE divides by the window clipped to [-pad, size+pad)."""
 
-    def __init__(self, method, kernel, stride, pad, in_size, out_size):
-        super().__init__(method=method, kernel=kernel, stride=stride, pad=pad, in_size=in_size, out_size=out_size)
-        pads = [pool_pads(in_size[i], kernel[i], stride[i], pad[i], out_size[i]) for i in range(2)]
-        self.right = [p[0] for p in pads]
-        self.crop = [p[1] for p in pads]
+    def __init__(self, method, kernel, stride, pad, in_size, out_size, right, crop):
+        # right, crop: the extra right pad or the crop per axis that make floor-mode pooling over the
+        # explicitly padded input give Caffe's out_size (converters.layers.pooling.pool_pads)
+        super().__init__(method=method, kernel=kernel, stride=stride, pad=pad, in_size=in_size, out_size=out_size,
+                         right=right, crop=crop)
+        self.right, self.crop = list(right), list(crop)
         # PyTorch's own ceil-mode pooling computes Caffe's windows and AVE divisor (it was ported from
         # Caffe) whenever it yields the same output size; it is much faster than explicit padding.
         self.native = method != "STOCHASTIC" and all(
@@ -295,7 +290,8 @@ class Scale(CaffeModule):
 
     def forward(self, x, *operand):
         a = self.args
-        view = _bshape(x.dim(), a["axis"], a["shape"])
+        # an operand blob broadcasts by its own shape: at axis 0 it holds the batch, which may differ
+        view = _bshape(x.dim(), a["axis"], operand[0].shape if operand else a["shape"])
         w = operand[0] if operand else self.weight
         y = x * w.reshape(view) if w is not None else x
         return y + self.bias.reshape(view) if self.bias is not None else y
@@ -310,7 +306,7 @@ class Bias(CaffeModule):
 
     def forward(self, x, *operand):
         b = operand[0] if operand else self.bias
-        return x + b.reshape(_bshape(x.dim(), self.args["axis"], self.args["shape"]))
+        return x + b.reshape(_bshape(x.dim(), self.args["axis"], b.shape))
 
 
 class Eltwise(CaffeModule):
@@ -456,6 +452,164 @@ class Tile(CaffeModule):
         return x.repeat(*reps)
 
 
+# -- SSD (weiliu89/caffe `ssd` branch): Permute, PriorBox, Normalize, DetectionOutput -----------------
+
+class Permute(CaffeModule):
+    def __init__(self, order):
+        super().__init__(order=order)
+
+    def forward(self, x):
+        return x.permute(self.args["order"])
+
+
+def _legacy_hw(shape):
+    """Caffe's legacy height() and width(): axes 2 and 3, 1 where the blob has fewer axes."""
+    return (shape[2] if len(shape) > 2 else 1), (shape[3] if len(shape) > 3 else 1)
+
+
+class PriorBox(CaffeModule):
+    """SSD's priors [1, 2, H*W*priors*4] (boxes, then variances) from the feature map's and image's sizes.
+    `sizes` lists each prior's (width, height) at one location, in Caffe's order; centres, sizes and
+    steps are float32 as in Caffe, each coordinate divided in double."""
+
+    def __init__(self, sizes, clip, variance, img_h, img_w, step_h, step_w, offset):
+        super().__init__(sizes=sizes, clip=clip, variance=variance, img_h=img_h, img_w=img_w, step_h=step_h,
+                         step_w=step_w, offset=offset)
+
+    def forward(self, x, *image):
+        a = self.args
+        h, w = _legacy_hw(x.shape)
+        img_h, img_w = (a["img_h"], a["img_w"]) if a["img_h"] and a["img_w"] else _legacy_hw(image[0].shape)
+        f32 = torch.float32
+        if a["step_h"] and a["step_w"]:
+            step_h, step_w = torch.tensor(a["step_h"], dtype=f32), torch.tensor(a["step_w"], dtype=f32)
+        else:
+            step_h = torch.tensor(img_h, dtype=f32) / h
+            step_w = torch.tensor(img_w, dtype=f32) / w
+        cy = ((torch.arange(h, dtype=f32) + a["offset"]) * step_h).double().reshape(h, 1, 1)
+        cx = ((torch.arange(w, dtype=f32) + a["offset"]) * step_w).double().reshape(1, w, 1)
+        bw, bh = (torch.tensor([s[i] for s in a["sizes"]], dtype=f32).double().reshape(1, 1, -1) for i in (0, 1))
+        corners = torch.broadcast_tensors((cx - bw / 2.0) / img_w, (cy - bh / 2.0) / img_h,
+                                          (cx + bw / 2.0) / img_w, (cy + bh / 2.0) / img_h)
+        boxes = torch.stack(corners, -1).float()
+        if a["clip"]:
+            boxes = boxes.clamp(0.0, 1.0)
+        var = torch.tensor(a["variance"], dtype=f32).expand(boxes.shape)
+        return torch.stack([boxes.reshape(-1), var.reshape(-1)]).unsqueeze(0)
+
+
+class Normalize(CaffeModule):
+    """SSD's L2 normalisation: x / sqrt(sum x^2 + eps) over each image (across_spatial) or each position's
+    channels, then a scale (one shared, or one per channel)."""
+
+    def __init__(self, channels, across_spatial, channel_shared, eps):
+        super().__init__(channels=channels, across_spatial=across_spatial, channel_shared=channel_shared, eps=eps)
+        self.weight = nn.Parameter(torch.empty(() if channel_shared else (channels,)))
+
+    def forward(self, x):
+        a = self.args
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        if a["across_spatial"]:  # Caffe multiplies by the norm's reciprocal
+            norm = torch.sqrt((flat * flat).sum((1, 2), keepdim=True) + a["eps"])
+            y = flat * (1.0 / norm)
+        else:
+            y = flat / torch.sqrt((flat * flat).sum(1, keepdim=True) + a["eps"])
+        y = y * (self.weight if a["channel_shared"] else self.weight.reshape(1, -1, 1))
+        return y.reshape(x.shape)
+
+
+def decode_boxes(code_type, priors, variances, loc, encoded_in_target):
+    """SSD's DecodeBBox in float32: priors, variances [P, 4]; loc [..., P, L, 4] -> boxes like loc."""
+    pb, var = priors.unsqueeze(1), variances.unsqueeze(1)
+    if encoded_in_target:
+        var = torch.ones_like(var)
+    if code_type == "CORNER":
+        return pb + var * loc
+    size = pb[..., 2:] - pb[..., :2]
+    if code_type == "CORNER_SIZE":
+        return pb + var * loc * torch.cat([size, size], -1)
+    centre = (var[..., :2] * loc[..., :2]) * size + (pb[..., :2] + pb[..., 2:]) * 0.5
+    half = torch.exp(var[..., 2:] * loc[..., 2:]) * size * 0.5
+    return torch.cat([centre - half, centre + half], -1)
+
+
+def box_areas(boxes):
+    """SSD's BBoxSize: width * height, 0 for a box with xmax < xmin or ymax < ymin."""
+    wh = boxes[..., 2:] - boxes[..., :2]
+    return torch.where(wh.amin(-1) < 0, torch.zeros_like(wh[..., 0]), wh[..., 0] * wh[..., 1])
+
+
+def jaccard(box, area, boxes, areas):
+    """SSD's JaccardOverlap (normalized, no "+1") of `box` [..., 1, 4] with each of `boxes` [..., K, 4]."""
+    iwh = torch.minimum(box[..., 2:], boxes[..., 2:]) - torch.maximum(box[..., :2], boxes[..., :2])
+    inter = iwh[..., 0] * iwh[..., 1]
+    iou = inter / ((area + areas) - inter)
+    return torch.where((iwh[..., 0] > 0) & (iwh[..., 1] > 0), iou, torch.zeros_like(iou))
+
+
+class DetectionOutput(CaffeModule):
+    """SSD's DetectionOutput: decode, per class ApplyNMSFast (score threshold, top_k by a stable sort,
+    greedy NMS with the adaptive eta), keep_top_k per image; rows [1, 1, N, 7] (image, label, score,
+    xmin, ymin, xmax, ymax) per image by label, then score; one row [i, -1, ...] per image when the
+    whole batch has none."""
+
+    def __init__(self, num_classes, share_location, background_label_id, nms_threshold, top_k, eta,
+                 confidence_threshold, keep_top_k, code_type, variance_encoded_in_target):
+        super().__init__(num_classes=num_classes, share_location=share_location,
+                         background_label_id=background_label_id, nms_threshold=nms_threshold, top_k=top_k,
+                         eta=eta, confidence_threshold=confidence_threshold, keep_top_k=keep_top_k,
+                         code_type=code_type, variance_encoded_in_target=variance_encoded_in_target)
+
+    def forward(self, loc, conf, prior, *rest):
+        a = self.args
+        n, c = loc.shape[0], a["num_classes"]
+        p = _legacy_hw(prior.shape)[0] // 4
+        labels = [k for k in range(c) if k != a["background_label_id"]]
+        pri = prior.reshape(-1, 4)
+        boxes = decode_boxes(a["code_type"], pri[:p], pri[p:2 * p],
+                             loc.reshape(n, p, 1 if a["share_location"] else c, 4), a["variance_encoded_in_target"])
+        boxes = boxes.permute(0, 2, 1, 3)
+        boxes = boxes.expand(n, len(labels), p, 4) if a["share_location"] else boxes[:, labels]
+        scores = conf.reshape(n, p, c).permute(0, 2, 1)[:, labels]
+        thr = torch.tensor(a["confidence_threshold"], dtype=torch.float32)
+        masked = torch.where(scores > thr, scores, torch.full_like(scores, -math.inf))
+        k = p if a["top_k"] < 0 else min(a["top_k"], p)
+        values, order = torch.sort(masked, dim=-1, descending=True, stable=True)
+        values, order = values[..., :k], order[..., :k]
+        cand = boxes.gather(2, order.unsqueeze(-1).expand(n, len(labels), k, 4))
+        keep = self._nms(cand, values > thr)
+        if a["keep_top_k"] > -1:
+            flat = torch.where(keep, values, torch.full_like(values, -math.inf)).reshape(n, -1)
+            rank = torch.sort(flat, dim=-1, descending=True, stable=True)[1][:, :a["keep_top_k"]]
+            chosen = torch.zeros_like(flat, dtype=torch.bool).scatter(1, rank, True)
+            keep = keep & chosen.reshape(keep.shape)
+        idx = keep.nonzero()
+        if idx.shape[0] == 0:
+            rows = torch.full((n, 7), -1.0, dtype=loc.dtype)
+            rows[:, 0] = torch.arange(n, dtype=loc.dtype)
+        else:
+            label = torch.tensor(labels, dtype=loc.dtype)[idx[:, 1]]
+            picked = (idx[:, 0], idx[:, 1], idx[:, 2])
+            rows = torch.cat([idx[:, :1].to(loc.dtype), label.unsqueeze(1), values[picked].unsqueeze(1),
+                              cand[picked]], 1)
+        return rows.reshape(1, 1, -1, 7)
+
+    def _nms(self, cand, valid):
+        """ApplyNMSFast over candidates sorted by score, every image and class at once."""
+        a = self.args
+        areas = box_areas(cand)
+        keep = torch.zeros_like(valid)
+        thr = torch.full(valid.shape[:2], a["nms_threshold"], dtype=torch.float32)
+        for j in range(valid.shape[2]):
+            iou = jaccard(cand[:, :, j:j + 1], areas[:, :, j:j + 1], cand, areas)
+            suppressed = ((iou > thr.unsqueeze(-1)) & keep).any(-1)
+            kept = valid[:, :, j] & ~suppressed
+            keep[:, :, j] = kept
+            if a["eta"] < 1:
+                thr = torch.where(kept & (thr > 0.5), thr * a["eta"], thr)
+        return keep
+
+
 class Embed(CaffeModule):
     def __init__(self, input_dim, num_output, bias):
         super().__init__(input_dim=input_dim, num_output=num_output, bias=bias)
@@ -537,6 +691,258 @@ class RNN(CaffeModule):
             outs.append(torch.tanh(F.linear(h_prev, self.weight_ho, self.bias_o)))
         out = torch.stack(outs, 0)
         return (out, h_prev.unsqueeze(0)) if self.args["expose_hidden"] else out
+
+
+# -- fork layers (converters/layers/mobile.py, segmentation.py, rcnn.py) ---------------------------
+
+class ShuffleChannel(CaffeModule):
+    """ShuffleNet's channel shuffle: (N, g, C/g, ...) -> (N, C/g, g, ...)."""
+
+    def __init__(self, group):
+        super().__init__(group=group)
+
+    def forward(self, x):
+        g = self.args["group"]
+        shape = list(x.shape)
+        return x.reshape([shape[0], g, shape[1] // g] + shape[2:]).transpose(1, 2).reshape(shape)
+
+
+class Axpy(CaffeModule):
+    """SENet's Axpy: a * x + y with a (N, C, 1, 1) scaling x per channel."""
+
+    def forward(self, a, x, y):
+        return a.reshape(a.shape[0], a.shape[1], *([1] * (x.dim() - 2))) * x + y
+
+
+class Interp(CaffeModule):
+    """PSPNet/DeepLab Interp: crop by -pad_beg/-pad_end, then align-corners bilinear to (height, width)."""
+
+    def __init__(self, crop, height, width):
+        super().__init__(crop=crop, height=height, width=width)
+
+    def forward(self, x, *reference):  # a reference blob only gave the size
+        a = self.args
+        beg, end = a["crop"]
+        if beg or end:
+            x = x[..., beg:x.shape[-2] - end, beg:x.shape[-1] - end]
+        if (x.shape[-2], x.shape[-1]) == (a["height"], a["width"]):
+            return x
+        return F.interpolate(x, size=(a["height"], a["width"]), mode="bilinear", align_corners=True)
+
+
+class BN(CaffeModule):
+    """The forks' BN: SegNet/ENet INFERENCE (x * scale + shift), SegNet LEARN (this batch's statistics,
+    var = E[x^2] - E[x]^2, eps 1e-9, whatever the phase) and PSPNet (stored mean and variance at test).
+    Blobs are (1, C, 1, 1): scale, shift (SegNet) or slope, bias, mean, variance (PSPNet)."""
+
+    def __init__(self, channels, mode, eps):
+        super().__init__(channels=channels, mode=mode, eps=eps)
+        shape = (1, channels, 1, 1)
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.empty(shape))
+        if mode == "PSPNET":
+            self.register_buffer("mean", torch.zeros(shape))
+            self.register_buffer("variance", torch.ones(shape))
+
+    def forward(self, x):
+        a = self.args
+        if a["mode"] == "INFERENCE":
+            return x * self.weight + self.bias
+        if a["mode"] == "PSPNET":
+            return (x - self.mean) / torch.sqrt(self.variance + a["eps"]) * self.weight + self.bias
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = (x * x).mean(dim=(0, 2, 3), keepdim=True) - mean * mean
+        return (x - mean) / torch.sqrt(var + a["eps"]) * self.weight + self.bias
+
+
+class MaxPoolingWithMask(Pooling):
+    """Caffe's MAX pooling with its second top: the flat index h*W + w of each maximum within its
+    channel plane (the first of equal values in scan order), as float."""
+
+    def forward(self, x):
+        a = self.args
+        width = x.shape[-1]
+        xp = self._padded(x, float("-inf"))
+        y, idx = F.max_pool2d(xp, a["kernel"], a["stride"], return_indices=True)
+        wp = xp.shape[-1]
+        row, col = idx // wp - a["pad"][0], idx % wp - a["pad"][1]
+        return y, (row * width + col).to(x.dtype)
+
+
+class UpsampleMask(CaffeModule):
+    """SegNet's Upsample: each value goes to the position its pooling mask recorded; the rest is zero."""
+
+    def __init__(self, height, width):
+        super().__init__(height=height, width=width)
+
+    def forward(self, x, mask):
+        a = self.args
+        n, c = x.shape[0], x.shape[1]
+        out = x.new_zeros(n, c, a["height"] * a["width"])
+        out = out.scatter(2, mask.reshape(n, c, -1).long(), x.reshape(n, c, -1))
+        return out.reshape(n, c, a["height"], a["width"])
+
+
+class UpsampleNearest(CaffeModule):
+    """The one-bottom Upsample (YOLO forks): each value repeated scale x scale times."""
+
+    def __init__(self, scale):
+        super().__init__(scale=scale)
+
+    def forward(self, x):
+        s = self.args["scale"]
+        return x.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
+
+
+def _c_round(x):
+    """C's round(): halves away from zero (torch.round rounds them to even)."""
+    x = x.double()
+    return torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
+
+
+def _roi_bins(start, size, pooled, limit):
+    """Caffe's ROI bins along one axis: [floor(p*step), ceil((p+1)*step)) + start, clipped; step in float32."""
+    step = torch.tensor(float(size), dtype=torch.float32) / pooled
+    p = torch.arange(pooled, dtype=torch.float32)
+    lo = (torch.floor(p * step) + start).clamp(0, limit)
+    hi = (torch.ceil((p + 1) * step) + start).clamp(0, limit)
+    return list(zip(lo.long().tolist(), hi.long().tolist()))
+
+
+class ROIPooling(CaffeModule):
+    """Fast R-CNN ROIPooling: rows (batch, x1, y1, x2, y2) scaled and rounded, bins floor/ceil of the
+    ROI's size / pooled size, max over each bin, an empty bin 0."""
+
+    def __init__(self, pooled_h, pooled_w, spatial_scale):
+        super().__init__(pooled_h=pooled_h, pooled_w=pooled_w, spatial_scale=spatial_scale)
+
+    def forward(self, x, rois):
+        a = self.args
+        rois = rois.reshape(-1, 5)
+        n, c, h, w = x.shape
+        out = x.new_zeros(rois.shape[0], c, a["pooled_h"], a["pooled_w"])
+        scale = torch.tensor(a["spatial_scale"], dtype=torch.float32)
+        scaled = _c_round(rois[:, 1:].float() * scale).to(torch.int64).tolist()
+        for r, (b, (x1, y1, x2, y2)) in enumerate(zip(rois[:, 0].to(torch.int64).tolist(), scaled)):
+            rows = _roi_bins(y1, max(y2 - y1 + 1, 1), a["pooled_h"], h)
+            cols = _roi_bins(x1, max(x2 - x1 + 1, 1), a["pooled_w"], w)
+            for i, (h0, h1) in enumerate(rows):
+                if h1 <= h0:
+                    continue
+                band = x[b, :, h0:h1].amax(dim=1)
+                for j, (w0, w1) in enumerate(cols):
+                    if w1 > w0:
+                        out[r, :, i, j] = band[:, w0:w1].amax(dim=1)
+        return out
+
+
+def _integral(x):
+    """Zero-padded 2-D running sums in float64: any box sum as four corner reads."""
+    s = torch.cumsum(torch.cumsum(x.double(), dim=-2), dim=-1)
+    return F.pad(s, (1, 0, 1, 0))
+
+
+class PSROIPooling(CaffeModule):
+    """R-FCN's position-sensitive ROI pooling: bin (i, j) of output channel d averages input channel
+    (d * group + i) * group + j over the bin; bins from round(coordinate) (+1 at the end) * spatial_scale,
+    floor/ceil, clipped; an empty bin 0."""
+
+    def __init__(self, output_dim, group_size, spatial_scale):
+        super().__init__(output_dim=output_dim, group_size=group_size, spatial_scale=spatial_scale)
+
+    def forward(self, x, rois):
+        a = self.args
+        g, d = a["group_size"], a["output_dim"]
+        rois = rois.reshape(-1, 5)
+        n, c, h, w = x.shape
+        ss = torch.tensor(a["spatial_scale"], dtype=torch.float32)
+        r = _c_round(rois[:, 1:].float()).float()
+        x1, y1 = r[:, 0] * ss, r[:, 1] * ss
+        x2, y2 = (r[:, 2] + 1) * ss, (r[:, 3] + 1) * ss
+        bin_h = torch.clamp(y2 - y1, min=0.1) / g
+        bin_w = torch.clamp(x2 - x1, min=0.1) / g
+        p = torch.arange(g, dtype=torch.float32)
+        hs = torch.clamp(torch.floor(p[None] * bin_h[:, None] + y1[:, None]), 0, h).long()
+        he = torch.clamp(torch.ceil((p[None] + 1) * bin_h[:, None] + y1[:, None]), 0, h).long()
+        ws = torch.clamp(torch.floor(p[None] * bin_w[:, None] + x1[:, None]), 0, w).long()
+        we = torch.clamp(torch.ceil((p[None] + 1) * bin_w[:, None] + x1[:, None]), 0, w).long()
+        s = _integral(x).reshape(-1)
+        b = rois[:, 0].long().reshape(-1, 1, 1, 1)
+        ch = torch.arange(d * g * g).reshape(1, d, g, g)
+        plane = (b * c + ch) * ((h + 1) * (w + 1))
+
+        def at(rows, cols):
+            return s[plane + rows[:, None, :, None] * (w + 1) + cols[:, None, None, :]]
+
+        total = at(he, we) - at(hs, we) - at(he, ws) + at(hs, ws)
+        area = ((he - hs)[:, None, :, None] * (we - ws)[:, None, None, :]).double()
+        out = torch.where(area > 0, total / area.clamp(min=1), torch.zeros_like(total))
+        return out.to(x.dtype)
+
+
+class Proposal(CaffeModule):
+    """py-faster-rcnn's rpn.proposal_layer.ProposalLayer at TEST: anchors + deltas, clipped to the image,
+    boxes under min_size * scale dropped, the pre_nms_top_n best, NMS, the post_nms_top_n kept; rows
+    (0, x1, y1, x2, y2). ``anchors`` are the (A, 4) base anchors (generate_anchors)."""
+
+    def __init__(self, anchors, feat_stride, pre_nms_top_n=6000, post_nms_top_n=300, nms_thresh=0.7, min_size=16):
+        super().__init__(anchors=anchors, feat_stride=feat_stride, pre_nms_top_n=pre_nms_top_n,
+                         post_nms_top_n=post_nms_top_n, nms_thresh=nms_thresh, min_size=min_size)
+
+    def _anchors(self, height, width):
+        a = self.args
+        base = torch.tensor(a["anchors"], dtype=torch.float64)
+        sx = torch.arange(width, dtype=torch.float64) * a["feat_stride"]
+        sy = torch.arange(height, dtype=torch.float64) * a["feat_stride"]
+        yy, xx = torch.meshgrid(sy, sx, indexing="ij")
+        shifts = torch.stack([xx.reshape(-1), yy.reshape(-1), xx.reshape(-1), yy.reshape(-1)], 1)
+        return (base[None] + shifts[:, None]).reshape(-1, 4).float()
+
+    def forward(self, scores, deltas, im_info):
+        a = self.args
+        num = len(a["anchors"])
+        height, width = scores.shape[-2], scores.shape[-1]
+        boxes = self._anchors(height, width)
+        scores = scores[:1, num:].permute(0, 2, 3, 1).reshape(-1)
+        deltas = deltas[:1].permute(0, 2, 3, 1).reshape(-1, 4)
+        widths = boxes[:, 2] - boxes[:, 0] + 1.0
+        heights = boxes[:, 3] - boxes[:, 1] + 1.0
+        cx = deltas[:, 0] * widths + (boxes[:, 0] + 0.5 * widths)
+        cy = deltas[:, 1] * heights + (boxes[:, 1] + 0.5 * heights)
+        pw, ph = torch.exp(deltas[:, 2]) * widths, torch.exp(deltas[:, 3]) * heights
+        info = im_info.reshape(-1)
+        x1 = torch.minimum(torch.maximum(cx - 0.5 * pw, info.new_zeros(())), info[1] - 1)
+        y1 = torch.minimum(torch.maximum(cy - 0.5 * ph, info.new_zeros(())), info[0] - 1)
+        x2 = torch.minimum(torch.maximum(cx + 0.5 * pw, info.new_zeros(())), info[1] - 1)
+        y2 = torch.minimum(torch.maximum(cy + 0.5 * ph, info.new_zeros(())), info[0] - 1)
+        props = torch.stack([x1, y1, x2, y2], 1)
+        min_size = a["min_size"] * info[2]
+        keep = ((x2 - x1 + 1) >= min_size) & ((y2 - y1 + 1) >= min_size)
+        props, scores = props[keep], scores[keep]
+        order = torch.argsort(scores, descending=True, stable=True)[:a["pre_nms_top_n"]]
+        props, scores = props[order], scores[order]
+        kept = _nms(props, a["nms_thresh"], a["post_nms_top_n"])
+        props = props[kept]
+        return torch.cat([props.new_zeros(props.shape[0], 1), props], 1)
+
+
+def _nms(boxes, thresh, limit):
+    """Greedy NMS over boxes sorted by score, overlap with Fast R-CNN's +1 pixel sizes; at most limit kept."""
+    x1, y1, x2, y2 = boxes.unbind(1)
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    alive = torch.ones(boxes.shape[0], dtype=torch.bool)
+    keep = []
+    for i in range(boxes.shape[0]):
+        if len(keep) >= limit:
+            break
+        if not alive[i]:
+            continue
+        keep.append(i)
+        w = torch.clamp(torch.minimum(x2[i], x2) - torch.maximum(x1[i], x1) + 1, min=0)
+        h = torch.clamp(torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1) + 1, min=0)
+        inter = w * h
+        alive &= inter / (areas[i] + areas - inter) <= thresh
+    return torch.tensor(keep, dtype=torch.int64)
 
 
 # -- training-only layers (used by `zoo train`) ----------------------------------------------------

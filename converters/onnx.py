@@ -38,6 +38,7 @@ class OnnxContext:
         self._names: set[str] = set(graph.values)
         self._node_names: set[str] = set()  # nodes have their own namespace: a layer keeps its name beside its top
         self.layer: Optional[Layer] = None
+        self.value_shapes: dict[str, list] = {}  # values whose shape only a run knows (DetectionOutput's rows)
 
     def unique(self, hint: str) -> str:
         name, k = hint, 1
@@ -93,33 +94,27 @@ def build(graph: Graph, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
     (the checker and the serializer would each make one).
     """
     registry.check_supported(graph)
-    missing = [l.name for l in graph.layers if l.param_shapes and not l.blobs]
-    if missing:
-        raise ValueError(f"no weights for layers {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
-                         f"load the net with its .caffemodel")
-    recurrent = any(l.type in ("LSTM", "RNN") for l in graph.layers)
+    registry.check_weights(graph)
     ctx = OnnxContext(graph, opset)
     plan = fold_affine(graph) if fold else {}
-    dropped = []
+    io = registry.inference_io(graph)
     for layer in graph.layers:
-        if layer.type in registry.DATA_LAYERS:
-            continue
-        if layer.type in registry.TRAINING_ONLY:
-            dropped.append(f"{layer.name} ({layer.type})")
+        if layer.type in registry.DATA_LAYERS or registry.get(layer.type).training_only:
             continue
         ctx.layer = layer
         emit = plan.get(layer.name) or registry.get(layer.type).onnx
         emit(layer, ctx)
-    if dropped:
-        warnings.warn(ConversionNote(f"left out training-only layers: {', '.join(dropped)}"), stacklevel=3)
-    outputs = [o for o in graph.outputs if graph.values[o].producer is not None
-               and graph.layer(graph.values[o].producer).type not in registry.TRAINING_ONLY]
-    dynamic = dynamic_batch and not recurrent
+    if io.dropped:
+        warnings.warn(ConversionNote(io.note(graph)), stacklevel=3)
+    dynamic = dynamic_batch and all(registry.get(l.type).dynamic_batch for l in graph.layers
+                                    if l.type not in registry.DATA_LAYERS)
     headers = [TensorProto(name=name, data_type=_ONNX_TYPES[a.dtype], dims=list(a.shape))
                for name, a in ctx.arrays.items()]
     g = helper.make_graph(ctx.nodes, graph.name or "caffe_net",
-                          [_value_info(graph, v, dynamic) for v in graph.inputs],
-                          [_value_info(graph, v, dynamic) for v in outputs], initializer=headers)
+                          [_value_info(graph, v, dynamic) for v in io.inputs],
+                          [helper.make_tensor_value_info(v, TensorProto.FLOAT, ctx.value_shapes[v])
+                           if v in ctx.value_shapes else _value_info(graph, v, dynamic) for v in io.outputs],
+                          initializer=headers)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="caffezoo", producer_version="0.1")
     model.ir_version = IR_VERSION

@@ -14,111 +14,24 @@ from __future__ import annotations
 
 import ast
 import functools
-import inspect
 import keyword
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from prototxt.graph import Graph, Layer, unique_name
+from prototxt.graph import Graph, Layer, NameSet, unique_name
 
 from . import registry
-
-NN_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nn.py")
-
-
-@functools.lru_cache(maxsize=1)
-def nn_source() -> str:
-    """The text of converters/nn.py (read, never imported here: importing it imports torch)."""
-    with open(NN_SOURCE, encoding="utf-8") as f:
-        return f.read()
-
-
-@functools.lru_cache(maxsize=1)
-def _nn_tree() -> ast.Module:
-    """nn.py parsed once, for its constructor signatures and the names model.py defines."""
-    return ast.parse(nn_source())
-
-# Loss/metric layers that have a PyTorch form for training (`zoo train`).
-TRAINABLE_LOSSES = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "Accuracy"}
-
-
-@dataclass
-class ModuleSpec:
-    """A module of ``converters.nn`` by class name, with its constructor arguments by name (what the
-    module records in ``self.args``)."""
-    cls: str
-    args: dict
-
-    def build(self):
-        from . import nn
-        return getattr(nn, self.cls)(**self.args)
-
-
-@functools.lru_cache(maxsize=1)
-def _signatures() -> dict[str, inspect.Signature]:
-    """Constructor signatures of the classes in nn.py, read from its source (no torch import)."""
-    classes = {c.name: c for c in _nn_tree().body if isinstance(c, ast.ClassDef)}
-
-    def init_of(name):
-        cls = classes.get(name)
-        if cls is None:
-            return None
-        for item in cls.body:
-            if isinstance(item, ast.FunctionDef) and item.name == "__init__":
-                return item
-        for base in cls.bases:
-            found = init_of(base.id) if isinstance(base, ast.Name) else None
-            if found is not None:
-                return found
-        return None
-
-    out = {}
-    for name in classes:
-        init = init_of(name)
-        if init is None:
-            out[name] = inspect.Signature()
-            continue
-        namespace: dict[str, Any] = {}
-        exec(f"def f({ast.unparse(init.args)}): pass", namespace)  # nn.py's defaults are literals
-        params = list(inspect.signature(namespace["f"]).parameters.values())[1:]  # drop self
-        out[name] = inspect.Signature(params)
-    return out
-
-
-class _Specs:
-    """``nn_specs().Convolution(...)`` -> ModuleSpec("Convolution", {bound arguments})."""
-
-    def __getattr__(self, cls: str):
-        sig = _signatures().get(cls)
-        if sig is None:
-            raise AttributeError(f"converters.nn has no class {cls}")
-
-        def make(*args, **kwargs):
-            bound = sig.bind(*args, **kwargs)
-            bound.apply_defaults()
-            flat: dict = {}
-            for name, value in bound.arguments.items():
-                if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
-                    flat.update(value)
-                else:
-                    flat[name] = value
-            return ModuleSpec(cls, flat)
-        return make
-
-
-_SPECS = _Specs()
-
-
-def nn_specs() -> _Specs:
-    return _SPECS
+from .specs import ModuleSpec, nn_source, nn_specs, nn_tree  # noqa: F401 - folder.py imports nn_source from here
 
 
 def identifier(name: str, taken: set[str]) -> str:
-    """A valid, unique Python identifier for a Caffe name (inception_3a/1x1 -> inception_3a_1x1)."""
-    base = re.sub(r"\W", "_", name) or "layer"
+    """A valid, unique Python identifier for a Caffe name (inception_3a/1x1 -> inception_3a_1x1).
+
+    ASCII only: Python folds identifiers by NFKC (a layer 'ﬁ' would be the same attribute as 'fi') and
+    some word characters (x²) are no identifier characters at all."""
+    base = re.sub(r"[^0-9A-Za-z_]", "_", name) or "layer"
     if base[0].isdigit():
         base = "_" + base
     if keyword.iskeyword(base):
@@ -130,7 +43,7 @@ def identifier(name: str, taken: set[str]) -> str:
 def model_py_names() -> frozenset[str]:
     """Names model.py defines or imports beside the net's class (nn.py's classes, functions, imports)."""
     names = {"CAFFE_NAMES", "load", "os"}
-    for node in _nn_tree().body:
+    for node in nn_tree().body:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
             names.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -192,28 +105,6 @@ class Plan:
         return out
 
 
-def _loss_spec(layer) -> ModuleSpec:
-    nn = nn_specs()
-    p = layer.proto
-    norm_names = {0: "FULL", 1: "VALID", 2: "BATCH_SIZE", 3: "NONE"}
-    lp = p.loss_param
-    if lp.HasField("normalization"):
-        norm = norm_names[lp.normalization]
-    elif lp.HasField("normalize"):
-        norm = "VALID" if lp.normalize else "BATCH_SIZE"
-    else:
-        norm = None
-    ignore = lp.ignore_label if lp.HasField("ignore_label") else None
-    if layer.type == "SoftmaxWithLoss":
-        return nn.SoftmaxWithLoss(p.softmax_param.axis, ignore, norm or "VALID")
-    if layer.type == "EuclideanLoss":
-        return nn.EuclideanLoss()
-    if layer.type == "SigmoidCrossEntropyLoss":
-        return nn.SigmoidCrossEntropyLoss(norm or "BATCH_SIZE")
-    ap = p.accuracy_param
-    return nn.Accuracy(ap.axis, ap.top_k, ap.ignore_label if ap.HasField("ignore_label") else None)
-
-
 def plan(graph: Graph, training: bool = False) -> Plan:
     """The PyTorch form of ``graph`` (see the module docstring); checks support and weights first.
 
@@ -221,40 +112,44 @@ def plan(graph: Graph, training: bool = False) -> Plan:
     layers' label tops are inputs, for `zoo train`.
     """
     registry.check_supported(graph)
-    missing = [l.name for l in graph.layers if l.param_shapes and not l.blobs]
-    if missing and not training:
-        raise ValueError(f"no weights for layers {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
-                         f"load the net with its .caffemodel")
+    if not training:
+        registry.check_weights(graph)
     attrs: set[str] = set()          # submodule names
-    taken: set[str] = {"self"}       # forward()'s variables
+    taken: set[str] = NameSet({"self"})  # forward()'s variables (NameSet: linear uniquing)
     value_vars: dict[str, str] = {}
-    for v in graph.inputs:
+    io = None if training else registry.inference_io(graph)
+    inputs = list(graph.inputs) if io is None else io.inputs
+    for v in inputs:
         value_vars[v] = identifier(graph.values[v].caffe_name, taken)
-    input_vars = [value_vars[v] for v in graph.inputs]
+    input_vars = [value_vars[v] for v in inputs]
     steps: list[Step] = []
     dropped: list[str] = []
     kept_losses: list[str] = []
     for layer in graph.layers:
-        if layer.type in registry.DATA_LAYERS or layer.type == "Silence":
+        if layer.type in registry.DATA_LAYERS:
             continue
-        if layer.type in registry.TRAINING_ONLY:
-            if training and layer.type in TRAINABLE_LOSSES:
-                module, blob_names = _loss_spec(layer), []
-                kept_losses.extend(layer.tops)
-            else:
+        impl = registry.get(layer.type)
+        if impl.training_only:
+            if not layer.tops:  # Silence: nothing to compute
+                continue
+            if not (training and impl.has_torch):
                 dropped.append(f"{layer.name} ({layer.type})")
                 continue
-        else:
-            module, blob_names = registry.get(layer.type).torch(layer, graph)
+            kept_losses.extend(layer.tops)
+        module, blob_names = impl.torch(layer, graph)
         attr = identifier(layer.name, attrs)
         tops = [identifier(graph.values[t].caffe_name, taken) for t in layer.tops]
         call = tops[0] if len(tops) == 1 else identifier(layer.name, taken)
         value_vars.update(zip(layer.tops, tops))
         steps.append(Step(attr, layer, module, list(blob_names), call, tops))
-    outputs = [o for o in graph.outputs if o in value_vars and graph.values[o].producer is not None]
-    if training:
+    if io is None:
+        outputs = [o for o in graph.outputs if o in value_vars and graph.values[o].producer is not None]
         outputs += [t for t in kept_losses if t not in outputs]
-    if dropped:
-        warnings.warn(f"left out training-only layers: {', '.join(dropped)}", stacklevel=3)
-    return Plan(class_name(graph.name), list(graph.inputs), input_vars, steps, outputs,
+        if dropped:
+            warnings.warn(f"left out training-only layers: {', '.join(dropped)}", stacklevel=3)
+    else:
+        outputs = io.outputs
+        if io.dropped:
+            warnings.warn(io.note(graph), stacklevel=3)
+    return Plan(class_name(graph.name), inputs, input_vars, steps, outputs,
                 [graph.values[o].caffe_name for o in outputs], value_vars)

@@ -6,9 +6,13 @@ An implementation gives, for one Caffe layer of its type:
   of the module that holds it. Built-ins describe a module of ``converters.nn`` with
   ``converters.plan.nn_specs()`` (no torch import); a user's implementation may return any
   ``nn.Module`` (the exported model.py imports its class, so define it at a module's top level);
+  losses and metrics are implementations too (``converters.layers.loss``), kept for training only;
 - ``onnx(layer, ctx)``: the ONNX nodes computing the tops from the bottoms (see ``converters.onnx``);
 - optionally ``shape``: a shape rule for types the ``prototxt`` package does not know (fork or
-  custom layers), registered with ``prototxt.shapes``.
+  custom layers), registered with ``prototxt.shapes``;
+- the type's facts, as class attributes (see ``LayerImpl``): the rest of the toolkit asks the
+  implementation (training-only, deterministic, statistics blobs, per-channel affine for folding,
+  batch handling) instead of keeping lists of type names.
 Users add types from their own code with ``register_layer`` or through the ``caffezoo.layers``
 entry-point group (each entry point names a module that registers on import).
 """
@@ -17,30 +21,108 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+import warnings
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from prototxt import shapes
-from prototxt.errors import UnsupportedLayers
+from prototxt.errors import GraphError, UnsupportedLayers
 from prototxt.graph import Graph, Layer
 
 ENTRY_POINT_GROUP = "caffezoo.layers"
 
-# Types that only train or measure: dropped from deploy conversion with a note.
-TRAINING_ONLY = shapes.LOSS_TYPES | {"Silence"}
 # Data layers become graph inputs.
 DATA_LAYERS = shapes.DATA_TYPES
 
 
+class PluginWarning(UserWarning):
+    """A `caffezoo.layers` entry point that failed to load (its layer types stay unsupported)."""
+
+
+@dataclass
+class InferenceIO:
+    """The inputs and outputs of a net converted for inference (graph values, Caffe's order)."""
+    inputs: list[str]
+    outputs: list[str]
+    dropped: list[str] = field(default_factory=list)  # "name (Type)" of each training-only layer left out
+    fed: list[str] = field(default_factory=list)      # outputs only because they fed a left-out layer
+    labels: list[str] = field(default_factory=list)   # inputs left out: they fed only left-out layers
+
+    def note(self, graph: Graph) -> Optional[str]:
+        """One line saying what was left out and what became an output instead, or None."""
+        if not self.dropped:
+            return None
+        text = f"left out training-only layers: {', '.join(self.dropped)}"
+        if self.fed:
+            names = ", ".join(graph.values[v].caffe_name for v in self.fed)
+            text += f"; the blobs they were fed are outputs instead: {names}"
+        if self.labels:
+            text += f"; inputs only they read are left out: {', '.join(graph.values[v].caffe_name for v in self.labels)}"
+        return text
+
+
+def inference_io(graph: Graph) -> InferenceIO:
+    """What a net converted for inference takes and gives. Losses, Accuracy and Silence are left out,
+    with their tops; the blobs fed to the losses and Accuracy become outputs instead (a train/test net's
+    fc8, which fed SoftmaxWithLoss and Accuracy, is what its user wants out of it), except net inputs
+    (labels), and inputs that fed only left-out layers are no inputs."""
+    left_out = [l for l in graph.layers if training_only(l.type)]
+    io = InferenceIO([], [o for o in graph.outputs if graph.values[o].producer is not None
+                          and not training_only(graph.layer(graph.values[o].producer).type)],
+                     [f"{l.name} ({l.type})" for l in left_out])
+    for layer in left_out:
+        if layer.type == "Silence":  # it discards its bottoms on purpose
+            continue
+        io.fed += [b for b in layer.bottoms if graph.values[b].producer is not None
+                   and b not in io.outputs and b not in io.fed]
+    io.outputs = sorted(io.outputs + io.fed, key=lambda v: graph.values[v].caffe_name)  # Caffe's std::set order
+    if not io.outputs:
+        where = f"{graph.source}: " if graph.source else ""
+        raise GraphError(f"{where}the net computes nothing to output for inference (every blob its layers "
+                         f"produce is read by another layer or by a left-out layer)")
+    dropped = {l.name for l in left_out}
+    for v in graph.inputs:
+        consumers = graph.values[v].consumers
+        (io.labels if consumers and all(c in dropped for c in consumers) else io.inputs).append(v)
+    return io
+
+
 class LayerImpl:
-    """Base class of a layer implementation; subclasses set ``types`` and override methods."""
+    """Base class of a layer implementation; subclasses set ``types``, override methods and set the
+    facts below that differ from the defaults."""
 
     types: Sequence[str] = ()
+    # Losses, metrics and Silence: left out of a deploy conversion (with a note), kept by `zoo train`.
+    training_only: bool = False
+    # No parameters, and the output a fixed function of the inputs (not Dropout, not BatchNorm, whose
+    # training changes them): finetuning computes such a layer with the frozen part before it.
+    deterministic: bool = False
+    # Its blobs are statistics its forward pass updates (BatchNorm), never learned (lr_mult 0).
+    statistics: bool = False
+    # Convolution / InnerProduct: a per-channel affine after it (``affine``) folds into its weights.
+    folds_affine: bool = False
+    # The ONNX model keeps a symbolic batch through it (not the recurrent layers).
+    dynamic_batch: bool = True
+    # Its module runs at a batch other than the one the net was shaped for (not Reshape's fixed dims).
+    any_batch: bool = True
+    # It has a PyTorch form (a training-only layer may have none yet: zoo train refuses it).
+    has_torch: bool = True
 
     def torch(self, layer: Layer, graph: Graph):  # -> tuple[ModuleSpec | nn.Module, list[str]]
         raise NotImplementedError
 
     def onnx(self, layer: Layer, ctx) -> None:
         raise NotImplementedError
+
+    def affine(self, layer: Layer):
+        """(a, b) per channel when the layer computes y = a*x + b over axis 1 with its stored blobs (it
+        can fold into the Convolution or InnerProduct before it); None otherwise."""
+        return None
+
+    def serves(self, layer: Layer) -> bool:
+        """Whether this implementation handles this layer of its type (the built-in 'Python' one serves
+        only the well-known Python layers)."""
+        return True
 
 
 _REGISTRY: dict[str, LayerImpl] = {}
@@ -75,12 +157,14 @@ def _discover() -> None:
     from . import layers
     for info in pkgutil.iter_modules(layers.__path__):
         importlib.import_module(f"{layers.__name__}.{info.name}")
-    try:
-        from importlib.metadata import entry_points
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+    from importlib.metadata import entry_points
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
             ep.load()
-    except Exception:  # a broken plugin must not break the built-ins; it shows up as unsupported
-        pass
+        except Exception as exc:  # a broken plugin must not break the built-ins: said, then left out
+            warnings.warn(PluginWarning(f"layer plugin '{ep.name}' ({ep.value}) failed to load: "
+                                        f"{type(exc).__name__}: {exc}; its layer types stay unsupported"),
+                          stacklevel=2)
 
 
 def get(layer_type: str) -> LayerImpl:
@@ -98,18 +182,35 @@ def registered_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def implementation(layer_type: str) -> Optional[LayerImpl]:
+    """The implementation of a type, or None (a data layer, or a type nobody registered)."""
+    _discover()
+    return _REGISTRY.get(layer_type)
+
+
+def training_only(layer_type: str) -> bool:
+    impl = implementation(layer_type)
+    return impl is not None and impl.training_only
+
+
 PLUGIN_HINT = ("implement them with converters.register_layer (or a 'caffezoo.layers' entry point); "
                "see the README's 'Custom layers'")
 
 
-def check_supported(graph: Graph, training: bool = False) -> None:
+def check_weights(graph: Graph) -> None:
+    """Refuse a graph whose weighted layers have no weights (a deploy conversion needs them all)."""
+    missing = [l.name for l in graph.layers if l.param_shapes and not l.blobs]
+    if missing:
+        raise ValueError(f"no weights for layers {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
+                         f"load the net with its .caffemodel")
+
+
+def check_supported(graph: Graph) -> None:
     """Raise UnsupportedLayers listing EVERY layer type of the graph that has no implementation."""
     _discover()
     missing: dict[str, list[str]] = {}
     for layer in graph.layers:
-        if layer.type in _REGISTRY or layer.type in DATA_LAYERS:
-            continue
-        if layer.type in TRAINING_ONLY and not training:
+        if (layer.type in _REGISTRY and _REGISTRY[layer.type].serves(layer)) or layer.type in DATA_LAYERS:
             continue
         missing.setdefault(layer.type, []).append(layer.name)
     if "Python" in missing:

@@ -15,26 +15,8 @@ import torch.fx as fx
 
 from prototxt.graph import Graph
 
+from .blobs import load_blobs
 from .plan import ModuleSpec, plan
-
-
-def _load_blobs(module: torch.nn.Module, layer, blob_names: list[str]) -> None:
-    """Point the module's tensors at the graph's arrays (no copy when they are float32 already)."""
-    state = module.state_dict(keep_vars=True)
-    for i, key in enumerate(blob_names):
-        if i >= len(layer.blobs) or layer.blobs[i] is None:
-            continue
-        target = state[key]
-        array = np.asarray(layer.blobs[i])
-        if array.dtype != np.float32 or not array.flags.c_contiguous or not array.flags.writeable:
-            array = np.ascontiguousarray(array, dtype=np.float32)
-        value = torch.from_numpy(array).reshape(target.shape)
-        owner, _, attr = key.rpartition(".")
-        holder = module.get_submodule(owner) if owner else module
-        if isinstance(target, torch.nn.Parameter):
-            setattr(holder, attr, torch.nn.Parameter(value, requires_grad=target.requires_grad))
-        else:
-            holder.register_buffer(attr, value, persistent=attr not in getattr(holder, "_non_persistent_buffers_set", ()))
 
 
 def to_pytorch(graph: Graph, training: bool = False) -> fx.GraphModule:
@@ -51,7 +33,7 @@ def to_pytorch(graph: Graph, training: bool = False) -> fx.GraphModule:
         env[v] = fg.placeholder(var)
     for step in p.steps:
         module = step.module.build() if isinstance(step.module, ModuleSpec) else step.module
-        _load_blobs(module, step.layer, step.blob_names)
+        load_blobs(module, step.layer, step.blob_names)
         root.add_module(step.attr, module)
         node = fg.call_module(step.attr, tuple(env[b] for b in step.layer.bottoms))
         if not step.layer.tops:

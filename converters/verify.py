@@ -47,10 +47,12 @@ def _fmt(v: Optional[float]) -> str:
 
 
 def random_inputs(graph: Graph, seed: int = 0) -> list[np.ndarray]:
-    """One seeded input per net input: images-like values for 4-D inputs, small ones otherwise."""
+    """One seeded input per input of the converted net (``registry.inference_io``: no label that only a
+    loss read): images-like values for 4-D inputs, small ones otherwise."""
+    from .registry import inference_io
     rng = np.random.default_rng(seed)
     out = []
-    for v in graph.inputs:
+    for v in inference_io(graph).inputs:
         shape = graph.values[v].shape
         if len(shape) == 4:
             out.append((rng.uniform(0, 255, shape) - 128).astype(np.float32))
@@ -59,7 +61,8 @@ def random_inputs(graph: Graph, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def _close(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[float, bool]:
+def compare(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[float, bool]:
+    """(max |a - b|, whether a is within rtol and atol = rtol*max(1, max|b|) of b); inf, False on shapes."""
     if a.shape != b.shape:
         return float("inf"), False
     diff = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
@@ -130,19 +133,20 @@ def verify(graph: Graph, inputs: Optional[Sequence[np.ndarray]] = None,
                               layer.name)
             t = torch_values[v]
             if v in onnx_values:
-                check.torch_vs_onnx, ok = _close(t, onnx_values[v], rtol)
+                check.torch_vs_onnx, ok = compare(t, onnx_values[v], rtol)
                 check.ok &= ok
             if v in finals:
                 ref = np.asarray(blobs[finals[v]])
-                check.torch_vs_reference, ok = _close(t, ref, rtol)
+                check.torch_vs_reference, ok = compare(t, ref, rtol)
                 check.ok &= ok
                 if v in onnx_values:
-                    check.onnx_vs_reference, ok = _close(onnx_values[v], ref, rtol)
+                    check.onnx_vs_reference, ok = compare(onnx_values[v], ref, rtol)
                     check.ok &= ok
             report.checks.append(check)
             if not check.ok and report.first_divergence is None:
                 report.first_divergence = check
-    for o in graph.outputs:
+    from .registry import inference_io
+    for o in inference_io(graph).outputs:
         if o in torch_values and o in onnx_values:
-            report.outputs[graph.values[o].caffe_name] = _close(torch_values[o], onnx_values[o], rtol)[0]
+            report.outputs[graph.values[o].caffe_name] = compare(torch_values[o], onnx_values[o], rtol)[0]
     return report

@@ -60,3 +60,7 @@ def _names(names: Iterable[str], limit: int = 3) -> str:
     names = list(names)
     shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+class SizeLimitError(GraphError):
+    """A net declares a blob larger than the limit (prototxt.limits); refused before allocating it."""

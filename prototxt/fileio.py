@@ -1,11 +1,24 @@
-"""Writing files so that a reader never sees half of one: a temp file beside the target, renamed
-onto it only when everything was written (and deleted on any failure)."""
+"""Writing files and folders so that a reader never sees half of one: a temp file (or folder) beside
+the target, renamed onto it only when everything was written (and deleted on any failure).
+
+Temp names are ``<target>.<pid>.<random>.partial``: a run killed before its rename leaves one behind,
+and the next write of the same target removes those of dead processes (never a live one's). A
+folder replaces a previous one in three steps (the old one renamed aside as
+``<target>.<pid>.<random>.old.partial``, the new one renamed in, the old one deleted): a kill between
+the first two leaves the old folder aside, and the next write puts it back before it starts."""
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from typing import IO, Iterator
+
+# Temp names of older versions carry no pid: such left-overs are removed once this old (seconds).
+LEGACY_STALE_AGE = 24 * 3600
 
 
 def umask_mode(mode: int = 0o666) -> int:
@@ -16,11 +29,77 @@ def umask_mode(mode: int = 0o666) -> int:
     return mode & ~mask
 
 
+def _temp_prefix(path: str) -> str:
+    return f"{os.path.basename(path)}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:  # pid out of range, or no such call here: not ours to judge
+        return True
+    return True
+
+
+def _remove(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:  # another run cleaned it first
+        pass
+
+
+def clean_stale(path: os.PathLike | str) -> list[str]:
+    """Remove the temp files and folders that killed runs left beside ``path``: those of processes no
+    longer alive, and pid-less ones (older versions) older than LEGACY_STALE_AGE. A previous folder a
+    killed swap left aside is renamed back onto ``path`` when nothing took its place. Returns what was
+    removed or restored."""
+    path = os.path.abspath(os.fspath(path))
+    folder, base = os.path.split(path)
+    ours = re.compile(re.escape(base) + r"\.(\d+)\.[a-z0-9_]+(\.old)?\.partial")
+    legacy = re.compile(re.escape(base) + r"\.[a-z0-9_]{8}\.partial")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    done = []
+    for name in sorted(names):
+        full = os.path.join(folder, name)
+        match = ours.fullmatch(name)
+        if match is not None:
+            if _alive(int(match.group(1))):
+                continue
+        elif legacy.fullmatch(name) is None or not _older_than(full, LEGACY_STALE_AGE):
+            continue
+        if match is not None and match.group(2) and not os.path.lexists(path):
+            os.rename(full, path)  # a swap killed half way: the previous output comes back
+        else:
+            _remove(full)
+        done.append(full)
+    return done
+
+
+def _older_than(path: str, seconds: float) -> bool:
+    try:
+        return time.time() - os.lstat(path).st_mtime > seconds
+    except OSError:
+        return False
+
+
 @contextmanager
 def atomic_path(path: os.PathLike | str) -> Iterator[str]:
     """A temp path beside ``path`` to write to; it replaces ``path`` when the block succeeds."""
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
+    clean_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".partial",
                                dir=os.path.dirname(os.path.abspath(path)))
     os.fchmod(fd, umask_mode(0o666))
     os.close(fd)
@@ -39,3 +118,38 @@ def atomic_open(path: os.PathLike | str, mode: str = "wb", **kwargs) -> Iterator
     with atomic_path(path) as tmp:
         with open(tmp, mode, **kwargs) as f:
             yield f
+
+
+def atomic_write(path: os.PathLike | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: the old file, or all of the new one."""
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+@contextmanager
+def atomic_dir(path: os.PathLike | str) -> Iterator[str]:
+    """A temp folder beside ``path`` to fill; it takes the place of ``path`` (a folder or a file) when
+    the block succeeds. The old one is renamed aside before and deleted after the new one is renamed
+    in, so at any moment ``path`` is the old output, the new one, or (killed between two renames) the
+    old one lies aside where ``clean_stale`` puts it back."""
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    clean_stale(path)
+    tmp = tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".partial", dir=parent)
+    os.chmod(tmp, umask_mode(0o777))
+    aside = None
+    try:
+        yield tmp
+        if os.path.lexists(path):
+            aside = os.path.join(parent, f"{_temp_prefix(path)}{secrets.token_hex(4)}.old.partial")
+            os.rename(path, aside)
+        os.rename(tmp, path)
+    except BaseException:
+        if aside is not None and not os.path.lexists(path):
+            os.rename(aside, path)
+            aside = None
+        _remove(tmp)
+        raise
+    if aside is not None:
+        _remove(aside)

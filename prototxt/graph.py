@@ -18,15 +18,14 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from . import caffe_pb2, shapes
-from .errors import GraphError, InputShapeRequired, MissingBottomError, ShapeError, UnsupportedLayers, WeightsError
+from .errors import (GraphError, InputShapeRequired, MissingBottomError, ShapeError, SizeLimitError, UnsupportedLayers,
+                     WeightsError)
+from .limits import BLOB_ENV, format_bytes, max_blob_bytes
 from .shapes import Shape
 from .text import parse, read_text
 from .upgrade import upgrade_net, upgrade_solver
 
 Phase = caffe_pb2.Phase
-
-# Layers that only measure (losses, metrics, Silence): dropped when their inputs are absent in a phase.
-_METRIC_TYPES = shapes.LOSS_TYPES | {"Silence"}
 
 
 class DroppedLayerWarning(UserWarning):
@@ -139,8 +138,31 @@ class Graph:
             raise InputShapeRequired(self.shape_problem)
 
 
+class NameSet(set):
+    """A set of names that hands out unique ones in linear time: it remembers, per base, the suffix
+    to try next, where a plain set would try ``base_2``, ``base_3``... from the start each time
+    (20,000 in-place layers of one name took a minute)."""
+
+    def __init__(self, names: Iterable[str] = ()):
+        super().__init__(names)
+        self._next: dict[tuple[str, str], int] = {}
+
+    def unique(self, base: str, sep: str = "_") -> str:
+        k = self._next.get((base, sep), 1)  # names are never removed: every lower suffix is still taken
+        name = base if k == 1 else f"{base}{sep}{k}"
+        while name in self:
+            k += 1
+            name = f"{base}{sep}{k}"
+        self._next[(base, sep)] = k + 1
+        self.add(name)
+        return name
+
+
 def unique_name(base: str, taken: set[str], sep: str = "_") -> str:
-    """``base``, or ``base<sep>2``, ``base<sep>3``... whichever is not taken yet; marks it taken."""
+    """``base``, or ``base<sep>2``, ``base<sep>3``... whichever is not taken yet; marks it taken.
+    Linear over many calls when ``taken`` is a NameSet, quadratic for a plain set."""
+    if isinstance(taken, NameSet):
+        return taken.unique(base, sep)
     name, k = base, 1
     while name in taken:
         k += 1
@@ -195,8 +217,11 @@ def _phase(phase: str | int) -> int:
 
 def build_graph(net: caffe_pb2.NetParameter, *, phase: str = "test", stages: Sequence[str] = (),
                 level: Optional[int] = None, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
-                source: str = "", upgrades: Sequence[str] = ()) -> Graph:
-    """A Graph from an already upgraded NetParameter (blobs in it are ignored; see attach_weights)."""
+                source: str = "", upgrades: Sequence[str] = (), max_bytes: Optional[int] = None) -> Graph:
+    """A Graph from an already upgraded NetParameter (blobs in it are ignored; see attach_weights).
+
+    A blob (parameter or top) larger than ``max_bytes`` as float32 (default ``$ZOO_MAX_BYTES``, else
+    4 GiB) is refused with a SizeLimitError before anything is allocated."""
     state = net_state(net, phase, stages, level)
     filtered = caffe_pb2.NetParameter()
     filtered.CopyFrom(net)
@@ -212,7 +237,7 @@ def build_graph(net: caffe_pb2.NetParameter, *, phase: str = "test", stages: Seq
     graph.upgrades = list(upgrades)
     try:
         _resolve_params(graph)
-        _infer_shapes(graph, dict(input_shapes or {}))
+        _infer_shapes(graph, dict(input_shapes or {}), max_blob_bytes(max_bytes))
     except GraphError as exc:
         # Shape rules know the layer, not the file: name the file too, as every other error does.
         if source and not str(exc).startswith(f"{source}:"):
@@ -234,7 +259,7 @@ def _wire(net: caffe_pb2.NetParameter, source: str) -> Graph:
     values: dict[str, Value] = {}
     layers: list[Layer] = []
     inputs: list[str] = []
-    used_names: set[str] = set()
+    used_names = NameSet()
 
     def new_value(caffe_name: str, layer_index: int, layer_name: str, is_input: bool) -> str:
         if (is_input and caffe_name not in current) or final_writer.get(caffe_name) == layer_index:
@@ -247,7 +272,7 @@ def _wire(net: caffe_pb2.NetParameter, source: str) -> Graph:
 
     for i, lp in enumerate(net.layer):
         name_of_layer = lp.name or f"{lp.type.lower()}_{i + 1}"  # Caffe allows unnamed layers
-        if lp.type in _METRIC_TYPES and any(b not in current and b not in produced_by for b in lp.bottom):
+        if lp.type in shapes.TRAINING_ONLY_TYPES and any(b not in current and b not in produced_by for b in lp.bottom):
             missing = [b for b in lp.bottom if b not in current]
             warnings.warn(DroppedLayerWarning(
                 f"{where}dropped {lp.type} layer '{name_of_layer}': its bottom {', '.join(missing)} is produced "
@@ -343,7 +368,7 @@ def _resolve_params(graph: Graph) -> None:
                 layer.params.append(ParamSpec("", spec.lr_mult, spec.decay_mult))
 
 
-def _infer_shapes(graph: Graph, overrides: dict[str, Sequence[int]]) -> None:
+def _infer_shapes(graph: Graph, overrides: dict[str, Sequence[int]], max_bytes: int) -> None:
     where = f"{graph.source}: " if graph.source else ""
     known_inputs = set()
     for layer in graph.layers:
@@ -359,6 +384,9 @@ def _infer_shapes(graph: Graph, overrides: dict[str, Sequence[int]]) -> None:
         else:
             try:
                 result = shapes.infer(layer.proto, bottom_shapes)
+            except shapes.UnknownLayer:
+                graph.unknown_types.setdefault(layer.type, []).append(layer.name)
+                continue
             except shapes.UnknownInputShape as exc:
                 tops = ", ".join(layer.caffe_tops)
                 if graph.shape_problem is None:
@@ -376,6 +404,7 @@ def _infer_shapes(graph: Graph, overrides: dict[str, Sequence[int]]) -> None:
         if len(result.tops) != len(layer.tops):
             raise ShapeError(f"{where}layer '{layer.name}' ({layer.type}) has {len(layer.tops)} tops but produces "
                              f"{len(result.tops)} outputs")
+        _check_sizes(layer, result, max_bytes)
         for v, s in zip(layer.tops, result.tops):
             graph.values[v].shape = tuple(int(d) for d in s)
         layer.param_shapes = [tuple(int(d) for d in p) for p in result.params]
@@ -387,6 +416,27 @@ def _infer_shapes(graph: Graph, overrides: dict[str, Sequence[int]]) -> None:
         names = ", ".join(graph.values[v].caffe_name for v in graph.inputs)
         raise GraphError(f"{where}no net input named {', '.join(sorted(unknown))}; the inputs are: {names}")
     _check_shared_shapes(graph)
+
+
+_WEIGHTED = {"Convolution", "Deconvolution", "InnerProduct", "Embed"}  # blob 0 weights, blob 1 bias
+
+
+def _check_sizes(layer: Layer, result: shapes.ShapeResult, max_bytes: int) -> None:
+    """Refuse a parameter or top blob larger than ``max_bytes`` as float32, before anyone allocates it."""
+    named = [(f"{('weight', 'bias')[i]} blob" if layer.type in _WEIGHTED and i < 2 else f"parameter blob {i}", s)
+             for i, s in enumerate(result.params)]
+    named += [(f"top '{t}'", s) for t, s in zip(layer.caffe_tops, result.tops)]
+    for what, shape in named:
+        if any(d < 0 for d in shape):
+            raise ShapeError(f"layer '{layer.name}' ({layer.type}): its {what} has a negative dimension "
+                             f"({_shapes([shape])})")
+        need = math.prod(shape) * 4
+        if need > max_bytes:
+            raise SizeLimitError(
+                f"layer '{layer.name}' ({layer.type}): its {what} {_shapes([shape])} would need "
+                f"{format_bytes(need)} as float32, above the limit of {format_bytes(max_bytes)} per blob; if the net "
+                f"really is this large, raise the limit with {BLOB_ENV} (e.g. {BLOB_ENV}={-(-need >> 30)}G) or "
+                f"load_net(..., max_bytes=...)")
 
 
 def _overridden_input(layer: Layer, overrides: dict[str, Sequence[int]]) -> shapes.ShapeResult:
@@ -423,10 +473,12 @@ def _check_shared_shapes(graph: Graph) -> None:
 
 # -- files -------------------------------------------------------------------------------------
 
-def read_net(path: os.PathLike | str) -> tuple[caffe_pb2.NetParameter, list[str]]:
-    """Parse and upgrade a net .prototxt (also a solver file with an inline net)."""
+def read_net(path: os.PathLike | str, max_prototxt_bytes: Optional[int] = None
+             ) -> tuple[caffe_pb2.NetParameter, list[str]]:
+    """Parse and upgrade a net .prototxt (also a solver file with an inline net); a file with no layers
+    is refused (an empty file, or some other text file, parses as an empty net)."""
     path = str(path)
-    text = read_text(path)
+    text = read_text(path, max_prototxt_bytes)
     from .errors import PrototxtSyntaxError
     try:
         net = parse(text, caffe_pb2.NetParameter(), path)
@@ -442,19 +494,24 @@ def read_net(path: os.PathLike | str) -> tuple[caffe_pb2.NetParameter, list[str]
         else:
             raise GraphError(f"{path}: this is a solver file; load the net it names "
                              f"('{solver.net or solver.train_net}') instead") from None
-    return upgrade_net(net)
+    net, applied = upgrade_net(net)
+    if not net.layer:
+        raise GraphError(f"{path}: the file defines no layers; is it a Caffe net prototxt?")
+    return net, applied
 
 
 def load_net(prototxt: os.PathLike | str, weights: Optional[os.PathLike | str] = None, phase: str = "test",
              stages: Sequence[str] = (), *, level: Optional[int] = None,
-             input_shapes: Optional[Mapping[str, Sequence[int]]] = None, strict_weights: bool = True) -> Graph:
+             input_shapes: Optional[Mapping[str, Sequence[int]]] = None, strict_weights: bool = True,
+             max_bytes: Optional[int] = None, max_prototxt_bytes: Optional[int] = None) -> Graph:
     """Load a Caffe net: parse, upgrade old formats, filter by phase/stages, infer shapes, attach weights.
 
     ``input_shapes`` overrides (or supplies) the shape of net inputs, e.g. ``{"data": (1, 3, 224, 224)}``.
+    ``max_bytes`` (per blob) and ``max_prototxt_bytes`` raise the limits of prototxt.limits for this call.
     """
-    net, applied = read_net(prototxt)
+    net, applied = read_net(prototxt, max_prototxt_bytes)
     graph = build_graph(net, phase=phase, stages=stages, level=level, input_shapes=input_shapes,
-                        source=str(prototxt), upgrades=applied)
+                        source=str(prototxt), upgrades=applied, max_bytes=max_bytes)
     if weights is not None:
         attach_weights(graph, weights, strict=strict_weights)
     return graph
@@ -583,7 +640,11 @@ def fill_missing(graph: Graph, seed: int = 0) -> list[str]:
         if not layer.param_shapes or layer.blobs or shared_only:
             continue
         fillers = layer_fillers(layer.proto, len(layer.param_shapes))
-        layer.blobs = [fill(f, s, rng) for f, s in zip(fillers, layer.param_shapes)]
+        try:
+            layer.blobs = [fill(f, s, rng) for f, s in zip(fillers, layer.param_shapes)]
+        except GraphError as exc:
+            where = f"{graph.source}: " if graph.source else ""
+            raise GraphError(f"{where}layer '{layer.name}' ({layer.type}): {exc}") from None
         filled.append(layer.name)
     _share_blobs(graph)
     return filled

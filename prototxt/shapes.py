@@ -33,6 +33,13 @@ DATA_TYPES = {"Data", "ImageData", "MemoryData", "HDF5Data", "WindowData", "Dumm
               "AnnotatedData", "DenseImageData", "VideoData"}
 LOSS_TYPES = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "InfogainLoss",
               "MultinomialLogisticLoss", "ContrastiveLoss", "Accuracy"}
+# Layers that only train or measure (losses, metrics, Silence): a deploy net does without them.
+TRAINING_ONLY_TYPES = LOSS_TYPES | {"Silence"}
+
+
+class UnknownLayer(Exception):
+    """Raised by a rule registered for a type it serves only in part (a ``Python`` layer naming code
+    nobody implemented): the layer counts as of an unknown type."""
 
 
 def register_shape_rule(*types: str, replace: bool = False) -> Callable[[Rule], Rule]:

@@ -13,7 +13,6 @@ import math
 import os
 import re
 import warnings
-from bisect import bisect_right
 from typing import Iterator, Optional
 
 from google.protobuf import text_format
@@ -22,6 +21,7 @@ from google.protobuf.message import Message
 
 from . import caffe_pb2
 from .errors import PrototxtSyntaxError
+from .limits import PROTOTXT_ENV, format_bytes, max_prototxt_bytes
 
 
 class ForkParamWarning(UserWarning):
@@ -31,13 +31,19 @@ class ForkParamWarning(UserWarning):
 # Layer messages whose unknown ``*_param`` blocks belong to some fork and are skipped.
 _LAYER_MESSAGES = {"caffe.LayerParameter", "caffe.V1LayerParameter"}
 
+# Linear on any input: runs are possessive or atomic, so that a failing match (a 200 kB digit run
+# ending in a letter) never backtracks through the run, and a string is matched as runs of plain
+# characters between escapes, so that sre keeps no state per character (a 10 MB string would cost GBs).
 _TOKEN = re.compile(r"""
-    (?P<ws>[ \t\r\n\f\v]+|\#[^\n]*)
-  | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-  | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)[fF]?(?![\w.]))
-  | (?P<ident>-?[A-Za-z_][A-Za-z0-9_.]*)
+    (?P<ws>[ \t\r\n\f\v]++|\#[^\n]*+)
+  | (?P<string>"[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"|'[^'\\\n]*+(?:\\.[^'\\\n]*+)*+')
+  | (?P<number>(?>[-+]?(?:0[xX][0-9a-fA-F]++|(?:\d++\.?\d*+|\.\d++)(?:[eE][-+]?\d++)?)[fF]?)(?![\w.]))
+  | (?P<ident>-?[A-Za-z_][A-Za-z0-9_.]*+)
   | (?P<punct>[{}<>:\[\],;])
 """, re.VERBOSE)
+_ESCAPE = re.compile(r"\\(?:[xX]([0-9a-fA-F]{1,2})|([0-7]{1,3})|(.))", re.DOTALL)
+_SNIFF = 1 << 16  # bytes read first: a binary file is refused before the rest is read
+_SHOWN = 40  # characters of a token quoted in an error message
 
 _INT_RANGES = {
     FD.TYPE_INT32: (-2**31, 2**31 - 1), FD.TYPE_SINT32: (-2**31, 2**31 - 1), FD.TYPE_SFIXED32: (-2**31, 2**31 - 1),
@@ -60,9 +66,8 @@ class _Token:
 class _Parser:
     def __init__(self, text: str, path: str):
         self.text, self.path = text, path
-        self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-        self.tokens = list(self._tokenize())
-        self.i = 0
+        self.tokens = self._tokenize()  # lazily: memory is the message being built, not a token list
+        self.ahead = next(self.tokens)
 
     # -- tokens -----------------------------------------------------------------------------
     def _tokenize(self) -> Iterator[_Token]:
@@ -79,19 +84,19 @@ class _Parser:
         yield _Token("eof", "", n)
 
     def where(self, pos: int) -> tuple[int, int]:
-        line = bisect_right(self.line_starts, pos)
-        return line, pos - self.line_starts[line - 1] + 1
+        return self.text.count("\n", 0, pos) + 1, pos - self.text.rfind("\n", 0, pos)
 
     def error(self, pos: int, message: str) -> None:
         line, col = self.where(pos)
         raise PrototxtSyntaxError(self.path, line, col, message)
 
     def peek(self) -> _Token:
-        return self.tokens[self.i]
+        return self.ahead
 
     def next(self) -> _Token:
-        tok = self.tokens[self.i]
-        self.i += 1
+        tok = self.ahead
+        if tok.kind != "eof":
+            self.ahead = next(self.tokens)
         return tok
 
     def expect(self, text: str) -> _Token:
@@ -103,7 +108,7 @@ class _Parser:
     def accept(self, text: str) -> bool:
         tok = self.peek()
         if tok.kind == "punct" and tok.text == text:
-            self.i += 1
+            self.next()
             return True
         return False
 
@@ -115,7 +120,7 @@ class _Parser:
             if end is None and tok.kind == "eof":
                 return
             if end is not None and tok.kind == "punct" and tok.text == end:
-                self.i += 1
+                self.next()
                 return
             if tok.kind == "eof":
                 self.error(tok.pos, f"unexpected end of file: missing '{end}'")
@@ -217,8 +222,8 @@ class _Parser:
                 enum = field.enum_type
                 if tok.kind == "ident" and tok.text in enum.values_by_name:
                     return enum.values_by_name[tok.text].number
-                if tok.kind == "number" and _is_int(tok.text) and int(tok.text, 0) in enum.values_by_number:
-                    return int(tok.text, 0)
+                if tok.kind == "number" and _is_int(tok.text) and _int(tok.text) in enum.values_by_number:
+                    return _int(tok.text)
                 raise ValueError(f"'{tok.text}' is not a value of {enum.name} "
                                  f"(one of {', '.join(enum.values_by_name)})")
             if t == FD.TYPE_BOOL:
@@ -232,10 +237,10 @@ class _Parser:
             if t in _INT_RANGES:
                 if tok.kind != "number" or not _is_int(tok.text):
                     raise ValueError(f"expected an integer for '{field.name}'")
-                value = int(tok.text, 0)
+                value = _int(tok.text)
                 lo, hi = _INT_RANGES[t]
                 if not lo <= value <= hi:
-                    raise ValueError(f"{value} is out of range for '{field.name}' ({lo}..{hi})")
+                    raise ValueError(f"the value is out of range for '{field.name}' ({lo}..{hi})")
                 return value
         except ValueError as exc:
             self.error(tok.pos, f"{exc}, found {_show(tok)}")
@@ -244,6 +249,15 @@ class _Parser:
 
 def _is_int(text: str) -> bool:
     return re.fullmatch(r"[-+]?(0[xX][0-9a-fA-F]+|\d+)", text) is not None
+
+
+def _int(text: str) -> int:
+    """An integer token's value; one longer than any protobuf integer (2^64, 20 digits) is out of range
+    without converting it (Python refuses to convert over 4300 digits, and it costs quadratic time)."""
+    digits = text.lstrip("+-")
+    if len(digits.lstrip("0xX").lstrip("0")) > 20:
+        return 1 << 64 if not text.startswith("-") else -(1 << 64)
+    return int(text, 0)
 
 
 def _float(tok: _Token) -> float:
@@ -260,38 +274,36 @@ def _float(tok: _Token) -> float:
     if tok.kind != "number":
         raise ValueError("expected a number")
     text = text.rstrip("fF") if not text.lower().startswith(("0x", "-0x", "+0x")) else text
-    return float(int(text, 0)) if _is_int(text) else float(text)
+    if not _is_int(text):
+        return float(text)
+    # protobuf's ConsumeDouble reads an integer token as a uint64 (a larger one is out of range)
+    value = _int(text)
+    if abs(value) >= 1 << 64:
+        raise ValueError("the integer is out of range for a float (at most 2^64 - 1; use an exponent, e.g. 1e30)")
+    return float(value)
 
 
 def _unquote(token: str) -> str:
-    body, out, i = token[1:-1], [], 0
-    while i < len(body):
-        c = body[i]
-        if c != "\\":
-            out.append(c)
-            i += 1
-            continue
-        nxt = body[i + 1]
-        if nxt in _ESCAPES:
-            out.append(_ESCAPES[nxt])
-            i += 2
-        elif nxt in "xX":
-            m = re.match(r"[0-9a-fA-F]{1,2}", body[i + 2:])
-            if not m:
-                raise ValueError("bad \\x escape")
-            out.append(chr(int(m.group(), 16)))
-            i += 2 + len(m.group())
-        elif nxt in "01234567":
-            m = re.match(r"[0-7]{1,3}", body[i + 1:])
-            out.append(chr(int(m.group(), 8)))
-            i += 1 + len(m.group())
-        else:
-            raise ValueError(f"unknown escape \\{nxt}")
-    return "".join(out)
+    body = token[1:-1]
+    return _ESCAPE.sub(_unescape, body) if "\\" in body else body
+
+
+def _unescape(m: re.Match) -> str:
+    hex_, octal, other = m.groups()
+    if hex_ is not None:
+        return chr(int(hex_, 16))
+    if octal is not None:
+        return chr(int(octal, 8))
+    if other in _ESCAPES:
+        return _ESCAPES[other]
+    raise ValueError("bad \\x escape" if other in "xX" else f"unknown escape \\{other}")
 
 
 def _show(tok: _Token) -> str:
-    return "end of file" if tok.kind == "eof" else repr(tok.text)
+    if tok.kind == "eof":
+        return "end of file"
+    text = tok.text if len(tok.text) <= _SHOWN else f"{tok.text[:_SHOWN // 2]}...{tok.text[-8:]}"
+    return f"{text!r}" + (f" ({len(tok.text)} characters)" if len(tok.text) > _SHOWN else "")
 
 
 def _unknown_field(desc, name: str) -> str:
@@ -309,16 +321,35 @@ def parse(text: str, message: Message, path: str = "<string>") -> Message:
     return message
 
 
-def read_text(path: os.PathLike | str) -> str:
+def read_text(path: os.PathLike | str, max_bytes: Optional[int] = None) -> str:
+    """The text of a prototxt, refused in one line when it is binary or larger than the limit
+    (``max_bytes``, else ``$ZOO_MAX_PROTOTXT_BYTES``, else 64 MiB): never more than that is read."""
+    limit = max_prototxt_bytes(max_bytes)
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(_SNIFF)
+            _refuse_binary(path, data)
+            data += f.read(limit + 1 - len(data)) if len(data) <= limit else b""
     except OSError as exc:
         raise PrototxtSyntaxError(str(path), 0, 0, f"cannot read: {exc.strerror or exc}") from None
+    _refuse_binary(path, data)
+    if len(data) > limit:
+        raise PrototxtSyntaxError(str(path), 0, 0, (
+            f"the file is larger than {format_bytes(limit)}, the limit for a prototxt (real nets are far smaller); "
+            f"if it is a net, raise the limit with {PROTOTXT_ENV} (e.g. {PROTOTXT_ENV}={(limit >> 20) * 4 or 1}M) "
+            f"or load_net(..., max_prototxt_bytes=...)"))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("latin-1")
+
+
+def _refuse_binary(path: os.PathLike | str, data: bytes) -> None:
+    """Text never holds a NUL byte; a caffemodel (float data, short varints) almost always does."""
+    if b"\0" in data:
+        raise PrototxtSyntaxError(str(path), 0, 0, "this is a binary file (a .caffemodel or .binaryproto?), not a "
+                                                   "prototxt; give the net's text .prototxt here, and the weights "
+                                                   "separately")
 
 
 def parse_net_text(text: str, path: str = "<string>") -> caffe_pb2.NetParameter:

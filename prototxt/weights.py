@@ -129,10 +129,14 @@ class _Reader:
             got += n
         return arr
 
-    def unpacked_run(self, pos: int, end: int, tag: int, width: int, dtype: str) -> tuple[np.ndarray, int]:
-        """A run of non-packed fixed-width values (tag, value, tag, value...) starting at a tag byte."""
+    def unpacked_run(self, pos: int, end: int, tag: int, width: int, dtype: str,
+                     context: str) -> tuple[np.ndarray, int]:
+        """A run of non-packed fixed-width values (tag, value, tag, value...) starting at a one-byte tag:
+        at least one whole value, or the data is cut short (else the caller would never move on)."""
         stride = 1 + width
         n = (end - pos) // stride
+        if n == 0:
+            self.fail(end, "unexpected end of data", context)
         raw = np.frombuffer(self.buf, dtype=np.uint8, count=n * stride, offset=pos).reshape(n, stride)
         bad = np.flatnonzero(raw[:, 0] != tag)
         n = int(bad[0]) if bad.size else n
@@ -149,17 +153,22 @@ class _Reader:
         while pos < end:
             key, body = self.varint(pos, end, context)
             number, wire = key >> 3, key & 7
-            if number == _BLOB_DATA and wire == 5:
-                values, pos = self.unpacked_run(pos, end, self.buf[pos], 4, "<f4")
+            one_byte_key = body == pos + 1  # the run reader matches tags byte by byte
+            if number == _BLOB_DATA and wire == 5 and one_byte_key:
+                values, pos = self.unpacked_run(pos, end, self.buf[pos], 4, "<f4", context)
                 floats.append(values)
                 continue
-            if number == _BLOB_DOUBLE and wire == 1:
-                values, pos = self.unpacked_run(pos, end, self.buf[pos], 8, "<f8")
+            if number == _BLOB_DOUBLE and wire == 1 and one_byte_key:
+                values, pos = self.unpacked_run(pos, end, self.buf[pos], 8, "<f8", context)
                 doubles.append(values)
                 continue
             number, wire, a, b = next(self.fields(pos, end, context))
             pos = b
-            if number == _BLOB_DATA and wire == 2:
+            if number == _BLOB_DATA and wire == 5:  # a value whose key was written in more bytes than needed
+                floats.append(np.frombuffer(self.buf, "<f4", 1, a).copy())
+            elif number == _BLOB_DOUBLE and wire == 1:
+                doubles.append(np.frombuffer(self.buf, "<f8", 1, a).copy())
+            elif number == _BLOB_DATA and wire == 2:
                 if (b - a) % 4:
                     self.fail(a, "float data whose length is not a multiple of 4", context)
                 floats.append(self.read_array(a, b, "<f4"))
@@ -171,9 +180,8 @@ class _Reader:
                 dims = self.shape(a, b, context)
             elif number in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH) and wire == 0:
                 legacy[number] = _int32(a)
-        data = np.concatenate(doubles) if doubles else (np.concatenate(floats) if len(floats) != 1 else floats[0])
-        if not doubles and not floats:
-            data = np.empty(0, dtype="<f4")
+        arrays = doubles or floats or [np.empty(0, dtype="<f4")]  # Caffe reads double_data when there is any
+        data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         # Blob::FromProto: any of num/channels/height/width set -> those 4 dims (unset ones 0), even
         # beside a shape; else the shape, which may have no axes (a scalar: PReLU's shared slope)
         is_legacy = bool(legacy)
@@ -181,7 +189,7 @@ class _Reader:
             dims = [legacy.get(k, 0) for k in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH)]
         shapeless = not legacy and dims is None
         if shapeless:  # Caffe would read a scalar; a vector that fits the layer is read leniently
-            dims = [data.size]
+            dims = [data.size] if data.size else []  # nothing at all: a scalar, missing its one value
         if any(d < 0 or d > _MAX_DIM for d in dims):
             raise WeightsError(f"{self.path}: layer '{context}': blob dimension {dims} is negative or absurd; "
                                f"the file is corrupt")

@@ -5,12 +5,14 @@ import os
 import shutil
 import subprocess
 
+from prototxt import CaffeError
+
 _COLOURS = {"Convolution": "#9ecae1", "Deconvolution": "#9ecae1", "InnerProduct": "#a1d99b", "Pooling": "#fdd0a2",
             "Concat": "#dadaeb", "Eltwise": "#dadaeb", "BatchNorm": "#fcbba1", "Scale": "#fcbba1",
             "LRN": "#fcbba1", "Softmax": "#fee391", "Input": "#ffffff"}
 
 
-class DrawingUnavailable(Exception):
+class DrawingUnavailable(CaffeError):
     """Graphviz is not installed (one line, for the CLI)."""
 
 

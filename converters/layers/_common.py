@@ -5,6 +5,8 @@ import numpy as np
 
 from prototxt.graph import Layer
 
+from ..specs import nn_specs  # noqa: F401 - the layer families describe their modules with it
+
 
 def shape_of(layer: Layer, ctx_or_graph, i: int = 0) -> tuple[int, ...]:
     graph = getattr(ctx_or_graph, "graph", ctx_or_graph)
@@ -25,15 +27,3 @@ def broadcast_shape(n_axes: int, axis: int, shape) -> list[int]:
 
 def f32(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)
-
-
-def nn_specs():
-    """Module specs of converters.nn: ``nn_specs().ReLU(0.1)`` describes the module without importing torch."""
-    from ..plan import nn_specs as specs
-    return specs()
-
-
-def pool_pads(size: int, kernel: int, stride: int, pad: int, out: int) -> tuple[int, int]:
-    """(right pad, crop) that make a floor-mode pooling over the explicitly padded input give `out`."""
-    extra = (out - 1) * stride + kernel - size - pad
-    return (extra, 0) if extra >= 0 else (0, -extra)

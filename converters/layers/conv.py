@@ -41,6 +41,7 @@ class _ConvFamily(LayerImpl):
 
 @register_layer("Convolution")
 class Convolution(_ConvFamily):
+    folds_affine = True
     module, op = "Convolution", "Conv"
 
 

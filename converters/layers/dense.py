@@ -9,6 +9,8 @@ from ._common import canonical, f32, shape_of, nn_specs
 
 @register_layer("InnerProduct")
 class InnerProduct(LayerImpl):
+    folds_affine = True
+
     def _args(self, layer, graph):
         p = layer.proto.inner_product_param
         shape = shape_of(layer, graph)
@@ -91,6 +93,8 @@ def _final_states(layer, ctx, a, states: list[str]) -> None:
 
 @register_layer("LSTM")
 class LSTM(LayerImpl):
+    dynamic_batch = any_batch = False
+
     def torch(self, layer, graph):
         a = _recurrent_args(layer, graph, 2)
         names = ["weight_xc", "bias_c"] + (["weight_xc_static"] if a["static_size"] else []) + ["weight_hc"]
@@ -134,6 +138,8 @@ class LSTM(LayerImpl):
 
 @register_layer("RNN")
 class RNN(LayerImpl):
+    dynamic_batch = any_batch = False
+
     def torch(self, layer, graph):
         a = _recurrent_args(layer, graph, 1)
         names = ["weight_xh", "bias_h"] + (["weight_xh_static"] if a["static_size"] else []) + [

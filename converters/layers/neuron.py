@@ -17,6 +17,8 @@ def _each(layer, ctx, emit):
 
 @register_layer("ReLU")
 class ReLU(LayerImpl):
+    deterministic = True
+
     def torch(self, layer, graph):
         return nn_specs().ReLU(layer.proto.relu_param.negative_slope), []
 
@@ -71,6 +73,8 @@ def _params(layer) -> tuple[str, dict]:
 
 @register_layer("Sigmoid", "TanH", "AbsVal", "BNLL", "ELU", "Power", "Exp", "Log", "Threshold", "Clip", "Swish")
 class Elementwise(LayerImpl):
+    deterministic = True
+
     def torch(self, layer, graph):
         op, args = _params(layer)
         return nn_specs().Elementwise(op, **args), []

@@ -23,6 +23,11 @@ def global_stats(layer) -> bool:
 
 @register_layer("BatchNorm")
 class BatchNorm(LayerImpl):
+    statistics = True
+
+    def affine(self, layer):
+        return batch_norm_affine(layer) if global_stats(layer) and layer.blobs else None
+
     def torch(self, layer, graph):
         shape = shape_of(layer, graph)
         p = layer.proto.batch_norm_param
@@ -68,12 +73,19 @@ def scale_geometry(layer, graph, param) -> tuple[int, list[int]]:
     return axis, list(shape[axis:end])
 
 
+def operand_view(n: int, axis: int, shape) -> list[int]:
+    """The ONNX Reshape target that broadcasts an operand blob of ``shape`` from ``axis`` of an n-axes
+    input: from axis 0 the operand holds the batch, which stays whatever it is at run time (0: copy)."""
+    return broadcast_shape(n, axis, shape)[1:] if axis >= 1 else [0] + broadcast_shape(n, axis, shape)[1:]
+
+
 def emit_scale(ctx, layer, axis, operand_shape, weight: str | None, bias) -> None:
     n = len(shape_of(layer, ctx))
     view = broadcast_shape(n, axis, operand_shape)[1:] if axis >= 1 else broadcast_shape(n, axis, operand_shape)
     x, y = layer.bottoms[0], layer.tops[0]
     if weight is not None:
-        w = ctx.node("Reshape", [weight, ctx.ints(view)])[0] if weight in ctx.graph.values else weight
+        w = ctx.node("Reshape", [weight, ctx.ints(operand_view(n, axis, operand_shape))])[0] \
+            if weight in ctx.graph.values else weight
         x = ctx.node("Mul", [x, w], None if bias is not None else [y])[0]
     if bias is not None:
         ctx.node("Add", [x, ctx.const(f32(bias).reshape(view), "bias")], [y])
@@ -81,6 +93,14 @@ def emit_scale(ctx, layer, axis, operand_shape, weight: str | None, bias) -> Non
 
 @register_layer("Scale")
 class Scale(LayerImpl):
+    def affine(self, layer):
+        p = layer.proto.scale_param
+        if len(layer.bottoms) != 1 or not layer.blobs or p.axis != 1 or p.num_axes != 1:
+            return None
+        a = np.asarray(layer.blobs[0], dtype=np.float64).reshape(-1)
+        b = np.asarray(layer.blobs[1], dtype=np.float64).reshape(-1) if p.bias_term else np.zeros_like(a)
+        return a, b
+
     def torch(self, layer, graph):
         p = layer.proto.scale_param
         axis, shape = scale_geometry(layer, graph, p)
@@ -113,7 +133,7 @@ class Bias(LayerImpl):
         n = len(shape_of(layer, ctx))
         view = broadcast_shape(n, axis, shape)[1:] if axis >= 1 else broadcast_shape(n, axis, shape)
         if len(layer.bottoms) > 1:
-            b = ctx.node("Reshape", [layer.bottoms[1], ctx.ints(view)])[0]
+            b = ctx.node("Reshape", [layer.bottoms[1], ctx.ints(operand_view(n, axis, shape))])[0]
             ctx.node("Add", [layer.bottoms[0], b], [layer.tops[0]])
         else:
             ctx.node("Add", [layer.bottoms[0], ctx.const(f32(layer.blobs[0]).reshape(view), "bias")], [layer.tops[0]])
@@ -121,6 +141,8 @@ class Bias(LayerImpl):
 
 @register_layer("LRN")
 class LRN(LayerImpl):
+    deterministic = True
+
     def _args(self, layer):
         p = layer.proto.lrn_param
         region = "ACROSS_CHANNELS" if p.norm_region == 0 else "WITHIN_CHANNEL"
@@ -171,6 +193,8 @@ def emit_divide_by_power(ctx, x: str, base: str, beta: float, y: str) -> None:
 
 @register_layer("MVN")
 class MVN(LayerImpl):
+    deterministic = True
+
     def _args(self, layer):
         p = layer.proto.mvn_param
         return dict(normalize_variance=p.normalize_variance, across_channels=p.across_channels, eps=p.eps)

@@ -11,6 +11,8 @@ _ELTWISE = {0: "PROD", 1: "SUM", 2: "MAX"}
 
 @register_layer("Eltwise")
 class Eltwise(LayerImpl):
+    deterministic = True
+
     def _args(self, layer):
         p = layer.proto.eltwise_param
         return dict(op=_ELTWISE[p.operation], coeff=list(p.coeff))
@@ -40,6 +42,8 @@ def concat_axis(layer, graph) -> int:
 
 @register_layer("Concat")
 class Concat(LayerImpl):
+    deterministic = True
+
     def torch(self, layer, graph):
         return nn_specs().Concat(concat_axis(layer, graph)), []
 
@@ -55,6 +59,8 @@ def _slice(layer, graph) -> tuple[int, list[int]]:
 
 @register_layer("Slice")
 class Slice(LayerImpl):
+    deterministic = True
+
     def torch(self, layer, graph):
         return nn_specs().Slice(*_slice(layer, graph)), []
 
@@ -68,6 +74,8 @@ class Slice(LayerImpl):
 
 @register_layer("Split")
 class Split(LayerImpl):
+    deterministic = True
+
     def torch(self, layer, graph):
         return nn_specs().Split(len(layer.tops)), []
 
@@ -88,8 +96,11 @@ def reshape_args(layer, graph) -> dict:
     return dict(start=start, end=end, dims=list(p.shape.dim))
 
 
-@register_layer("Flatten", "Reshape")
+@register_layer("Reshape")
 class Reshape(LayerImpl):
+    deterministic = True
+    any_batch = False  # its dims may fix the batch size
+
     def torch(self, layer, graph):
         return nn_specs().Reshape(**reshape_args(layer, graph)), []
 
@@ -108,6 +119,11 @@ class Reshape(LayerImpl):
         ctx.node("Reshape", [layer.bottoms[0], ctx.ints(dims)], [layer.tops[0]])
 
 
+@register_layer("Flatten")
+class Flatten(Reshape):
+    any_batch = True
+
+
 def crop_args(layer, graph) -> dict:
     x = shape_of(layer, graph)
     p = layer.proto.crop_param
@@ -120,6 +136,8 @@ def crop_args(layer, graph) -> dict:
 
 @register_layer("Crop")
 class Crop(LayerImpl):
+    deterministic = True
+
     def torch(self, layer, graph):
         return nn_specs().Crop(**crop_args(layer, graph)), []
 

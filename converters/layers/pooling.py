@@ -9,14 +9,23 @@ from prototxt import caffe_pb2
 from prototxt.shapes import pool_geometry
 
 from ..registry import LayerImpl, register_layer
-from ._common import pool_pads, shape_of, nn_specs
+from ._common import nn_specs, shape_of
 
 _METHODS = {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}
 
 
+def pool_pads(size: int, kernel: int, stride: int, pad: int, out: int) -> tuple[int, int]:
+    """(right pad, crop) that make a floor-mode pooling over the explicitly padded input give `out`."""
+    extra = (out - 1) * stride + kernel - size - pad
+    return (extra, 0) if extra >= 0 else (0, -extra)
+
+
 def pool_args(method: str, kernel, stride, pad, in_size, out_size) -> dict:
+    """The arguments of converters.nn.Pooling, and of the ONNX nodes: the window geometry with the right
+    pad and the crop (``pool_pads``) per spatial axis."""
+    pads = [pool_pads(in_size[i], kernel[i], stride[i], pad[i], out_size[i]) for i in range(2)]
     return dict(method=method, kernel=list(kernel), stride=list(stride), pad=list(pad), in_size=list(in_size),
-                out_size=list(out_size))
+                out_size=list(out_size), right=[p[0] for p in pads], crop=[p[1] for p in pads])
 
 
 def _args(layer, graph) -> dict:
@@ -58,11 +67,10 @@ def emit_pool(ctx, x: str, out: str, a: dict) -> None:
     if a["method"] == "STOCHASTIC":
         emit_stochastic(ctx, x, out, a)
         return
-    pads = [pool_pads(a["in_size"][i], a["kernel"][i], a["stride"][i], a["pad"][i], a["out_size"][i]) for i in range(2)]
-    if any(p[1] for p in pads):
-        ends = [a["in_size"][i] - pads[i][1] for i in range(2)]
+    if any(a["crop"]):
+        ends = [a["in_size"][i] - a["crop"][i] for i in range(2)]
         x = ctx.node("Slice", [x, ctx.ints([0, 0]), ctx.ints(ends), ctx.ints([2, 3])])[0]
-    onnx_pads = [a["pad"][0], a["pad"][1], pads[0][0], pads[1][0]]
+    onnx_pads = [a["pad"][0], a["pad"][1], a["right"][0], a["right"][1]]
     attrs = dict(kernel_shape=a["kernel"], strides=a["stride"])
     if a["method"] == "MAX":
         ctx.node("MaxPool", [x], [out], pads=onnx_pads, **attrs)
@@ -80,16 +88,50 @@ def emit_pool(ctx, x: str, out: str, a: dict) -> None:
     raise ValueError(f"unknown pooling method {a['method']}")
 
 
+def _mask_top(layer, a: dict) -> bool:
+    """Whether the layer has Caffe's second top (MAX only: the argmax mask)."""
+    if len(layer.tops) < 2:
+        return False
+    if a["method"] != "MAX":
+        raise ValueError(f"layer '{layer.name}': only MAX pooling has a second (mask) top; {a['method']} has one top")
+    return True
+
+
+def emit_pool_mask(ctx, x: str, tops, a: dict) -> None:
+    """MAX pooling and its mask: ONNX MaxPool's indices count over the whole (sliced) tensor; Caffe's
+    mask is h*W + w within the channel plane of the input."""
+    h, w = a["in_size"]
+    pads = [pool_pads(a["in_size"][i], a["kernel"][i], a["stride"][i], a["pad"][i], a["out_size"][i]) for i in range(2)]
+    hs, ws = h - pads[0][1], w - pads[1][1]
+    if hs != h or ws != w:
+        x = ctx.node("Slice", [x, ctx.ints([0, 0]), ctx.ints([hs, ws]), ctx.ints([2, 3])])[0]
+    _, index = ctx.node("MaxPool", [x], [tops[0], ctx.tmp("indices")], kernel_shape=a["kernel"], strides=a["stride"],
+                        pads=[a["pad"][0], a["pad"][1], pads[0][0], pads[1][0]])
+    plane = ctx.node("Mod", [index, ctx.ints([hs * ws], "plane")])[0]
+    if ws != w:
+        row = ctx.node("Div", [plane, ctx.ints([ws], "width")])[0]
+        col = ctx.node("Mod", [plane, ctx.ints([ws], "width")])[0]
+        plane = ctx.node("Add", [ctx.node("Mul", [row, ctx.ints([w], "in_width")])[0], col])[0]
+    ctx.node("Cast", [plane], [tops[1]], to=1)
+
+
 @register_layer("Pooling")
 class Pooling(LayerImpl):
+    deterministic = True
+
     def torch(self, layer, graph):
         a = _args(layer, graph)
+        if _mask_top(layer, a):
+            return nn_specs().MaxPoolingWithMask(**a), []
         if layer.proto.pooling_param.global_pooling and a["method"] != "STOCHASTIC":
             return nn_specs().GlobalPooling(a["method"]), []
         return nn_specs().Pooling(**a), []
 
     def onnx(self, layer, ctx):
         a = _args(layer, ctx.graph)
+        if _mask_top(layer, a):
+            emit_pool_mask(ctx, layer.bottoms[0], layer.tops, a)
+            return
         if layer.proto.pooling_param.global_pooling and a["method"] != "STOCHASTIC":
             op = "GlobalMaxPool" if a["method"] == "MAX" else "GlobalAveragePool"
             ctx.node(op, [layer.bottoms[0]], [layer.tops[0]])

@@ -107,7 +107,7 @@ def test_export_folder_runs_without_toolkit(fixture, weights_cache, tmp_path):
     assert report["caffe_names"] == module.caffe_names
     assert report["children"] == list(module.caffe_names)
     converted = [l.name for l in graph.layers
-                 if l.type not in registry.DATA_LAYERS and l.type not in registry.TRAINING_ONLY and l.type != "Silence"]
+                 if l.type not in registry.DATA_LAYERS and not registry.training_only(l.type)]
     assert sorted(report["caffe_names"].values()) == sorted(converted)
     for attr, name in report["caffe_names"].items():
         base = re.sub(r"\W", "_", name)

@@ -51,7 +51,7 @@ def test_specs_build_the_modules_they_describe(case):
         pytest.skip(f"not convertible: {str(e)[:120]}")
     checked = 0
     for layer in graph.layers:
-        if layer.type in registry.DATA_LAYERS or layer.type in registry.TRAINING_ONLY:
+        if layer.type in registry.DATA_LAYERS or registry.training_only(layer.type):
             continue
         spec, names = registry.get(layer.type).torch(layer, graph)
         assert isinstance(spec, ModuleSpec)

@@ -119,15 +119,15 @@ def test_cycle(tmp_path, capsys):
 
 
 def test_unknown_layer_types_are_listed_all_at_once(tmp_path, capsys):
-    path = write(tmp_path, INPUT + 'layer { name: "n1" type: "Normalize" bottom: "data" top: "n1" }\n'
-                                   'layer { name: "p1" type: "Permute" bottom: "n1" top: "p1" }\n'
-                                   'layer { name: "n2" type: "Normalize" bottom: "data" top: "n2" }\n')
+    path = write(tmp_path, INPUT + 'layer { name: "n1" type: "MyNormalize" bottom: "data" top: "n1" }\n'
+                                   'layer { name: "p1" type: "MyPermute" bottom: "n1" top: "p1" }\n'
+                                   'layer { name: "n2" type: "MyNormalize" bottom: "data" top: "n2" }\n')
     graph = load_net(path)
     with pytest.raises(UnsupportedLayers) as err:
         graph.require_shapes()
-    assert err.value.types == {"Normalize": ["n1", "n2"], "Permute": ["p1"]}
+    assert err.value.types == {"MyNormalize": ["n1", "n2"], "MyPermute": ["p1"]}
     assert cli_error(capsys, "info", path) == (
-        f"{path}: unsupported layer types: Normalize ('n1', 'n2'), Permute ('p1'); these are fork or custom layer "
+        f"{path}: unsupported layer types: MyNormalize ('n1', 'n2'), MyPermute ('p1'); these are fork or custom layer "
         f"types; register an implementation (converters.register_layer) to use them")
 
 
@@ -179,7 +179,7 @@ def test_traceback_only_with_zoo_debug(tmp_path, capsys, monkeypatch):
 
 
 def test_warnings_do_not_leak_into_a_failed_command(tmp_path, capsys):
-    path = write(tmp_path, INPUT + 'layer { name: "n" type: "Normalize" bottom: "data" top: "n" norm_param { } }\n')
+    path = write(tmp_path, INPUT + 'layer { name: "n" type: "MyNormalize" bottom: "data" top: "n" norm_param { } }\n')
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # main() records warnings itself, whatever the outer filter says
         message = cli_error(capsys, "info", path)

@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 
-from zoo import solver
+from zoo.training import solver
 from zoo.cli import main
 
 if os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0" and os.environ.get("RANK") == os.environ["ZOO_TEST_KILL_RANK"]:

@@ -20,7 +20,7 @@ import pytest
 from prototxt import attach_weights, build_graph, caffe_pb2, read_net
 from prototxt.text import to_text
 from tests.helpers import SHARED, shared_dir, shared_params
-from zoo import registry
+from zoo.hub import registry
 from zoo.models import arch
 
 CARDS = registry.builtin_cards()

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import pytest
 
-from zoo import registry
-from zoo.cards import HEX_LENGTHS, LABELS_DIR, CardError, ModelCard, file_digest, load_card
+from zoo.hub import registry
+from zoo.hub.cards import HEX_LENGTHS, LABELS_DIR, CardError, ModelCard, file_digest, load_card
 
 CARD_FILES = sorted(registry.BUILTIN_DIR.glob("*.json"))
 ISSUE_MODELS = {
@@ -163,7 +163,61 @@ BAD_CARDS = {
     "missing prototxt": (set_in("architecture", "deploy.prototxt"), "architecture"),
     "source without license": (lambda d: d["sources"].pop("license"), "sources.license"),
     "bad name": (set_in("name", "My Net"), "name"),
+    "NUL in a path": (set_in("architecture", "deploy\0.prototxt"), "architecture"),
+    "NaN scale": (set_in("input.scale", float("nan")), "input.scale"),
+    "infinite scale": (set_in("input.scale", float("inf")), "input.scale"),
 }
+
+# Each would place the weights outside the cache folder, or somewhere Windows reads as a device.
+UNSAFE_FILENAMES = [
+    "", ".", "..", "a/b", "..\\x", "\\", "/etc/passwd", "C:\\w", "c:w", "w\0.caffemodel", "line\nbreak",
+    "CON", "nul", "Com1", "LPT9.caffemodel", "aux.txt", "weights.", "weights ", " ", "x" * 256,
+]
+
+
+@pytest.mark.parametrize("filename", UNSAFE_FILENAMES)
+def test_weights_filename_must_be_one_plain_path_component(tmp_path: Path, filename: str) -> None:
+    data = good_card()
+    data["weights"]["filename"] = filename
+    path = write_card(tmp_path, data)
+    with pytest.raises(CardError) as info:
+        load_card(path)
+    assert str(info.value).startswith(f"{path}: weights.filename: "), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+HOSTILE_CARD_FILES: dict[str, bytes] = {
+    "deep nesting": b"[" * 100_000 + b"]" * 100_000,
+    "deep objects": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+    "not UTF-8": b'{"name": "caf\xe9"}',
+    "raw NUL": b'{"name": "a\0b"}',
+    "top level list": b"[1, 2]",
+    "top level string": b'"card"',
+    "NaN literal": b'{"name": NaN}',
+    "Infinity literal": b'{"name": -Infinity}',
+    "huge integer": b'{"num_classes": ' + b"9" * 10_000 + b"}",
+    "huge float": b'{"num_classes": 1e999}',
+    "too big": b'{"description": "' + b"x" * (2 << 20) + b'"}',
+    "empty": b"",
+    "UTF-8 BOM": b'\xef\xbb\xbf{"name": "a"}',
+}
+
+
+@pytest.mark.parametrize("content", HOSTILE_CARD_FILES.values(), ids=HOSTILE_CARD_FILES.keys())
+def test_hostile_card_file_is_one_clear_line(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "hostile.json"
+    path.write_bytes(content)
+    with pytest.raises(CardError) as info:
+        load_card(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message and ";" in message, message
+    assert len(message) < 500, "the message quotes no huge value"
+
+
+def test_a_folder_named_like_a_card_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(CardError, match="folder.json: "):
+        load_card(tmp_path / "folder.json")
 
 
 @pytest.mark.parametrize("edit, field", BAD_CARDS.values(), ids=BAD_CARDS.keys())
@@ -272,8 +326,19 @@ def test_unknown_model_suggests_close_names(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_cards_survive_a_copy_round_trip() -> None:
     # validate() must not mutate its input: the same dict validates twice
-    from zoo.cards import validate
+    from zoo.hub.cards import validate
     data = good_card()
     before = copy.deepcopy(data)
     validate(data, "inline", registry.BUILTIN_DIR / "bvlc_alexnet.json")
     assert data == before
+
+
+def test_huge_or_binary_label_file_is_one_line(tmp_path: Path) -> None:
+    data = good_card() | {"labels": "labels.txt"}
+    with open(tmp_path / "labels.txt", "wb") as f:
+        f.truncate(64 << 20)  # sparse: costs no disk
+    with pytest.raises(CardError, match=r"labels.txt: larger than"):
+        load_card(write_card(tmp_path, data))
+    (tmp_path / "labels.txt").write_bytes(b"\xff\xfe" * 1000)
+    with pytest.raises(CardError, match=r"labels.txt: byte 0 is not UTF-8"):
+        load_card(write_card(tmp_path, data))

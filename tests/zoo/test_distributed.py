@@ -2,7 +2,7 @@
 process with N times the iter_size over the same sub-batches, on one machine (torchrun, --nproc) or on two
 single-process "nodes" meeting over 127.0.0.1; a process killed mid-run and restarted by torchrun resumes to the
 same weights; finetune writes its outputs once and keeps its frozen layers bit for bit; every zoo option
-passes through torchrun's parser; the pieces of zoo/distributed.py."""
+passes through torchrun's parser; the pieces of zoo/training/distributed.py."""
 from __future__ import annotations
 
 import argparse
@@ -270,7 +270,7 @@ def test_finetune_killed_on_one_process_resumes_from_its_checkpoint(finetuned, t
 def test_one_process_is_left_alone(monkeypatch):
     import torch
 
-    from zoo import distributed
+    from zoo.training import distributed
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert not distributed.launched()
     assert distributed.setup(torch.device("cpu")) == torch.device("cpu")
@@ -283,7 +283,7 @@ def test_one_process_is_left_alone(monkeypatch):
 
 
 def test_an_epochs_order_is_shared_out_by_position(monkeypatch):
-    from zoo import distributed
+    from zoo.training import distributed
     order = np.random.default_rng(0).permutation(11)
     parts = []
     for r in range(3):
@@ -299,7 +299,7 @@ def test_an_epochs_order_is_shared_out_by_position(monkeypatch):
 
 
 def test_strip_nproc_and_newest_snapshot(tmp_path, monkeypatch):
-    from zoo import distributed
+    from zoo.training import distributed
     argv = ["train", "--nproc", "2", "--solver", "s", "--nproc=3"]
     assert distributed.strip_nproc(argv) == ["train", "--solver", "s"]
     for i in (3, 12, 6):
@@ -315,7 +315,7 @@ def test_strip_nproc_and_newest_snapshot(tmp_path, monkeypatch):
 def test_lmdb_and_imagedata_shares_cover_the_stream_once(tmp_path, monkeypatch):
     from tests.zoo.test_train import _write_lmdb
     from prototxt import caffe_pb2
-    from zoo.data import open_layer_source
+    from zoo.training.data import open_layer_source
     images = [np.full((1, 2, 2), i, np.uint8) for i in range(5)]
     _write_lmdb(tmp_path / "db", images, list(range(5)))
     layer = caffe_pb2.LayerParameter(name="d", type="Data", top=["data", "label"])

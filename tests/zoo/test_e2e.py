@@ -88,10 +88,11 @@ def test_user_card_downloads_converts_and_runs(lenet_site, capsys):
     assert [r["image"] for r in from_onnx] == [r["image"] for r in from_card]
 
     # The same preprocessed images through the standalone PyTorch folder, in a fresh interpreter.
-    from zoo import registry
-    from zoo.preprocess import Transform, find_images
+    from zoo.hub import registry
+    from zoo.inference.image import find_images
+    from zoo.inference.transform import Transform
     transform = Transform.from_card(registry.load_user_card(card))
-    batch = np.stack([transform(p) for p in find_images([str(images)])])
+    batch = np.stack([transform.image(p) for p in find_images([str(images)])])
     np.save(tmp / "batch.npy", batch)
     code = (f"import numpy as np, torch, model; x = torch.from_numpy(np.load({str(tmp / 'batch.npy')!r})); "
             "print(repr(model.load()(x).detach().numpy().tolist()))")

@@ -150,8 +150,9 @@ def test_googlenet_freeze_until_inception_4e_trains_the_head_and_keeps_frozen_we
     for name in frozen:
         assert all(same_bits(a, b) for a, b in zip(before[name], after[name])), name
     assert not np.array_equal(before["inception_5b/1x1"][0], after["inception_5b/1x1"][0])  # trainable
-    from zoo.finetune_net import operate, resolve_model
-    initial = operate(resolve_model(str(prototxt), str(weights)), 3, head=None, head_name=None, head_lr_mult=10,
+    from zoo.hub.resolve import resolve
+    from zoo.training.surgery import operate
+    initial = operate(resolve(str(prototxt), weights=weights), 3, head=None, head_name=None, head_lr_mult=10,
                       input_channels=None, cross_modality=False, seed=0, say=lambda _: None)
     head0 = initial.graph.layer("loss3/classifier_ft").blobs[0]
     assert np.abs(after["loss3/classifier_ft"][0] - head0).max() > 1e-3  # the head learned
@@ -320,9 +321,10 @@ def test_frozen_batchnorm_keeps_its_statistics_and_trainable_batchnorm_learns_th
 
 
 def test_the_frozen_part_gets_lr_mult_0_and_the_head_10_and_20(tiny):
-    from zoo.finetune_net import cut, operate, resolve_model, trainable_net
+    from zoo.hub.resolve import resolve
+    from zoo.training.surgery import cut, operate, trainable_net
     prototxt, weights = tiny
-    s = operate(resolve_model(str(prototxt), str(weights)), 4, head=None, head_name=None, head_lr_mult=10,
+    s = operate(resolve(str(prototxt), weights=weights), 4, head=None, head_name=None, head_lr_mult=10,
                 input_channels=None, cross_modality=False, seed=0, say=lambda _: None)
     c = cut(s.graph, s.logits, s.head, "conv1")
     assert c.frozen == ["conv1"] and c.computed == ["conv1", "relu1", "pool1"]  # parameter-free layers absorbed
@@ -334,7 +336,7 @@ def test_the_frozen_part_gets_lr_mult_0_and_the_head_10_and_20(tiny):
 
 
 def test_freeze_until_takes_a_group_prefix_and_its_ancestors(googlenet):
-    from zoo.finetune_net import cut, match_layers
+    from zoo.training.surgery import cut, match_layers
     graph = load_net(googlenet[0])
     assert match_layers(graph, "inception_4e") == [l.name for l in graph.layers if l.name.startswith("inception_4e/")]
     c = cut(graph, "loss3/classifier", "loss3/classifier", "inception_4e")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zoo.data import decode_image, resize_bilinear
+from zoo.training.data import decode_image, resize_bilinear
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (the test extra) is the oracle for Caffe's image I/O")
 

@@ -1,4 +1,4 @@
-"""zoo.solver against Caffe: lr policies and whole training runs from real Caffe trajectories
+"""zoo.training.solver against Caffe: lr policies and whole training runs from real Caffe trajectories
 (shared/reference/solvers), and every update rule against a float64 replay of the documented formulas."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.solver import (
+from zoo.training.solver import (
     LR_POLICIES, SOLVER_TYPES, CaffeSolver, LearnableParam, SolverConfig, SolverConfigError, SolverStateError,
     learning_rate,
 )

@@ -90,7 +90,7 @@ def test_snapshot_every_iteration_gives_after1_and_resuming_equals_uninterrupted
     text = (CASES_DIR / case / "solver.prototxt").read_text()
     text = re.sub(r"(?m)^snapshot: 0$", "snapshot: 1", text) + f'\nsnapshot_prefix: "{tmp_path}/snap"\n'
     (tmp_path / "solver.prototxt").write_text(text)
-    from zoo.train import train
+    from zoo.training.train import train
 
     straight = train(tmp_path / "solver.prototxt", weights="init.caffemodel", feed="batches.npz", device="cpu")
     assert len(straight.snapshots) == 12
@@ -138,7 +138,7 @@ def test_per_pass_keys_feed_each_iter_size_pass(tmp_path, monkeypatch):
     # The same batch under both pass keys: exactly the fixture (Caffe ran both passes on one batch).
     same = {f"{b}_{i}_{k}": batches[f"{b}_{i}"] for b in ("data", "label") for i in range(n) for k in (0, 1)}
     np.savez(tmp_path / "same.npz", **same)
-    from zoo.train import train
+    from zoo.training.train import train
 
     result = train("solver.prototxt", weights="init.caffemodel", feed=tmp_path / "same.npz", device="cpu")
     _assert_trajectory(result.trajectory, _trajectory("sgd_itersize_clip_l1"))
@@ -168,7 +168,7 @@ def test_test_phase_shares_the_trained_weights_and_display_prints_caffes_lines(t
     np.savez(tmp_path / "feed.npz", **feed)
     text = (folder / "solver.prototxt").read_text().replace("display: 0", "display: 4")
     (tmp_path / "solver.prototxt").write_text(text + "\ntest_iter: 1\ntest_interval: 4\n")
-    from zoo.train import train
+    from zoo.training.train import train
 
     lines: list[str] = []
     result = train(tmp_path / "solver.prototxt", weights="init.caffemodel", feed=tmp_path / "feed.npz",
@@ -186,7 +186,7 @@ def test_test_phase_shares_the_trained_weights_and_display_prints_caffes_lines(t
 
 
 def test_average_loss_smooths_the_displayed_loss():
-    from zoo.train import SmoothedLoss
+    from zoo.training.train import SmoothedLoss
 
     smoothed = SmoothedLoss(window=2, start=0)
     values = [smoothed.update(np.float32(x), it) for it, x in enumerate([4.0, 2.0, 6.0, 10.0])]
@@ -198,8 +198,8 @@ def test_average_loss_smooths_the_displayed_loss():
 def test_learnable_params_list_shared_blobs_once_and_batchnorm_statistics_as_frozen(monkeypatch):
     for case in ("sgd_shared_params", "bn_train"):
         _case_or_skip(case)
-    from zoo.train import learnable_params, read_solver, train_net_spec, build_net
-    from zoo.data import TRAIN
+    from zoo.training.train import learnable_params, read_solver, train_net_spec, build_net
+    from zoo.training.data import TRAIN
 
     monkeypatch.chdir(CASES_DIR / "sgd_shared_params")
     proto, _ = read_solver("solver.prototxt")
@@ -227,7 +227,7 @@ def test_a_frozen_blob_that_a_training_layer_shares_gets_that_layers_gradient(tm
     _case_or_skip("sgd_shared_params")
     from prototxt import caffe_pb2
 
-    from zoo.train import train
+    from zoo.training.train import train
     case = CASES_DIR / "sgd_shared_params"
     text = (case / "train.prototxt").read_text()
     frozen_owner = text.replace('param { name: "shared_w" lr_mult: 1 decay_mult: 1 } param { name: "shared_b" '
@@ -307,7 +307,7 @@ def test_lmdb_data_layer_reads_datums_in_key_order_and_wraps_around(tmp_path, mo
     images = [rng.integers(0, 256, (3, 5, 4), dtype=np.uint8) for _ in range(3)]
     _write_lmdb(tmp_path / "db", images, [0, 1, 2])
     from prototxt import caffe_pb2
-    from zoo.data import TRAIN, LmdbSource
+    from zoo.training.data import TRAIN, LmdbSource
 
     layer = caffe_pb2.LayerParameter(name="data", type="Data", top=["data", "label"])
     layer.data_param.source, layer.data_param.batch_size, layer.data_param.backend = "db", 2, 1
@@ -329,7 +329,7 @@ def test_data_layer_ignores_rand_skip_as_caffe_does(tmp_path, monkeypatch):
     images = [np.full((1, 2, 2), i, np.uint8) for i in range(6)]
     _write_lmdb(tmp_path / "db", images, list(range(6)))
     from prototxt import caffe_pb2
-    from zoo.data import TRAIN, LmdbSource
+    from zoo.training.data import TRAIN, LmdbSource
 
     layer = caffe_pb2.LayerParameter(name="data", type="Data", top=["data", "label"])
     layer.data_param.source, layer.data_param.batch_size, layer.data_param.backend = "db", 1, 1
@@ -345,7 +345,7 @@ def test_encoded_datums_decode_to_bgr(tmp_path):
     bgr[2] = 255  # red in BGR order
     _write_lmdb(tmp_path / "db", [bgr], [1], encoded=True)
     from prototxt import caffe_pb2
-    from zoo.data import TEST, LmdbSource
+    from zoo.training.data import TEST, LmdbSource
 
     layer = caffe_pb2.LayerParameter(name="data", type="Data", top=["data", "label"])
     layer.data_param.source, layer.data_param.batch_size, layer.data_param.backend = str(tmp_path / "db"), 1, 1
@@ -354,7 +354,7 @@ def test_encoded_datums_decode_to_bgr(tmp_path):
 
 
 def test_transform_crops_at_the_centre_in_test_subtracts_the_mean_there_then_mirrors():
-    from zoo.data import TEST, Transform
+    from zoo.inference.transform import TEST, DataTransformer as Transform
 
     image = np.arange(2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6)
     mean = np.full((2, 5, 6), 1.0, np.float32)
@@ -380,7 +380,7 @@ def _image_list(tmp_path: Path) -> None:
 def test_imagedata_and_data_nets_train_from_their_own_layers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _image_list(tmp_path)
-    from zoo.train import train
+    from zoo.training.train import train
 
     (tmp_path / "net.prototxt").write_text(NET.format(
         type="ImageData", source_param="image_data_param", source="list.txt", extra='root_folder: "img/"',
@@ -403,7 +403,7 @@ def test_imagedata_reads_bgr_with_the_label_after_the_last_space(tmp_path):
     (tmp_path / "img" / "with space.png").write_bytes((tmp_path / "img" / "0.png").read_bytes())
     (tmp_path / "list.txt").write_text("with space.png 4\n")
     from prototxt import caffe_pb2
-    from zoo.data import TEST, ImageListSource
+    from zoo.training.data import TEST, ImageListSource
 
     layer = caffe_pb2.LayerParameter(name="data", type="ImageData", top=["data", "label"])
     layer.image_data_param.source, layer.image_data_param.batch_size = str(tmp_path / "list.txt"), 1
@@ -474,10 +474,25 @@ def test_a_solverstate_of_another_solver_type_is_refused(tmp_path, monkeypatch, 
     text = (CASES_DIR / "adam_fixed" / "solver.prototxt").read_text().replace("max_iter: 12", "max_iter: 1")
     text = text.replace("snapshot_after_train: false", f'snapshot_after_train: true snapshot_prefix: "{tmp_path}/adam"')
     (tmp_path / "solver.prototxt").write_text(text)
-    from zoo.train import train
+    from zoo.training.train import train
     train(tmp_path / "solver.prototxt", weights="init.caffemodel", feed="batches.npz", device="cpu")
     monkeypatch.chdir(CASES_DIR / "sgd_step_lrmult")
     code, err = _error(capsys, ["train", "--solver", "solver.prototxt", "--feed", "batches.npz", "--device", "cpu",
                                 "--snapshot", str(tmp_path / "adam_iter_1.solverstate")])
     assert code == 1 and "\n" not in err
     assert "incorrect length of history blobs: got 16, a SGD solver over 8 params keeps 8" in err
+
+
+def test_a_loss_without_a_torch_form_is_refused_by_name(tmp_path, monkeypatch):
+    from zoo.training.train import TrainError, train
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(
+        'name: "n"\nlayer { name: "in" type: "Input" top: "x" top: "t" input_param { shape { dim: 2 dim: 3 } '
+        'shape { dim: 2 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip" inner_product_param { num_output: 3 } }\n'
+        'layer { name: "hinge" type: "HingeLoss" bottom: "ip" bottom: "t" top: "loss" }\n')
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 1\n')
+    np.savez(tmp_path / "feed.npz", x_0=np.zeros((2, 3), np.float32), t_0=np.zeros(2, np.float32))
+    with pytest.raises(TrainError, match=r"no PyTorch form for the loss layer HingeLoss \(hinge\) \(zoo train has "
+                                         r"Accuracy, EuclideanLoss, SigmoidCrossEntropyLoss, SoftmaxWithLoss\)"):
+        train("solver.prototxt", feed="feed.npz", device="cpu")

@@ -6,14 +6,13 @@ import functools
 import os
 from typing import Any, Callable, TypeVar
 
-from prototxt import caffe_pb2
-from prototxt.text import to_text
+from prototxt import CaffeError, caffe_pb2, to_text
 
 F = TypeVar("F", bound=Callable[..., caffe_pb2.NetParameter])
 _BUILDERS: dict[str, Callable[[], caffe_pb2.NetParameter]] = {}
 
 
-class UnknownArchitecture(LookupError):
+class UnknownArchitecture(CaffeError, LookupError):
     """No built-in deploy net has that name; the message suggests close names."""
 
 

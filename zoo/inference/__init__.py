@@ -1,0 +1,1 @@
+"""Inference: onnxruntime sessions and the card's Caffe preprocessing."""

@@ -1,0 +1,59 @@
+"""Classifying images with a model: its ONNX file (converted once into the cache from the card's net
+and weights), an onnxruntime session, the card's transform, top-k probabilities."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from zoo.hub.download import cache_dir
+from zoo.hub.resolve import Model
+from zoo.inference.image import batches
+from zoo.inference.transform import Transform
+
+
+def cached_onnx(model: Model) -> str:
+    """The model's .onnx file in the cache (batch 1, symbolic), converted once per weights file: the
+    name carries the weights' path, size and modification time, so other weights never get a stale file."""
+    import converters
+    name = model.card.name if model.card is not None else Path(model.source).stem
+    st = os.stat(model.weights)
+    key = hashlib.sha1(f"{os.path.abspath(model.weights)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "onnx" / f"{name}-{key}.onnx"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        card = model.card
+        converters.save_onnx(model.graph({card.input.blob: (1, *card.input.shape)} if card else None), target)
+    return str(target)
+
+
+def probabilities(scores: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Each row as probabilities: as given when they already are, else softmaxed (and True)."""
+    scores = scores.reshape(scores.shape[0], -1).astype(np.float64)
+    sums = scores.sum(axis=1)
+    if np.all(scores >= 0) and np.allclose(sums, 1.0, atol=1e-3):
+        return scores, False
+    e = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True), True
+
+
+def classify(sess: Any, transform: Transform, images: Sequence[Path], labels: Sequence[str], top: int,
+             batch: int = 1, progress: Optional[Callable[[int], None]] = None) -> tuple[list[dict], bool]:
+    """({image, top: [{class, label, probability}]} per image, whether a softmax was applied)."""
+    inp = sess.get_inputs()[0]
+    results, softmaxed = [], False
+    for group in batches(images, max(1, batch)):
+        x = np.stack([transform.image(p) for p in group])
+        probs, applied = probabilities(sess.run(None, {inp.name: x})[0])
+        softmaxed |= applied
+        for path, p in zip(group, probs):
+            best = np.argsort(-p)[:top]
+            results.append({"image": str(path), "top": [
+                {"class": int(k), "label": labels[k] if k < len(labels) else str(k), "probability": float(p[k])}
+                for k in best]})
+        if progress is not None:
+            progress(len(group))
+    return results, softmaxed
