@@ -1,0 +1,102 @@
+"""Issue 9 items 9 and 10 for images, data and training: hostile or broken inputs to `zoo run`, `zoo train`,
+`zoo finetune` and `zoo verify` end in one `zoo: error:` line (exit 1) naming the file and what is wrong,
+never a traceback, an internal error or a run that trains silently on garbage."""
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.zoo.test_finetune import TINY, _net, texture_folder
+from tests.zoo.test_train import NET, SOLVER, _write_lmdb
+from zoo.cli import main
+
+
+def _one_line(capsys, argv: list) -> str:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()  # notes (the runtime, no card) may come before
+    assert code == 1 and err and err[-1].startswith("zoo: error: "), (code, err)
+    assert not any(line.startswith(("zoo: error", "zoo: internal", "Traceback")) for line in err[:-1]), err
+    return err[-1]
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(path: Path, width: int = 100000, height: int = 100000) -> Path:
+    """A 70-byte PNG that declares width x height RGB pixels (30 GB decoded)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + _chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture()
+def tiny(tmp_path) -> tuple[Path, Path]:
+    return _net(tmp_path, TINY)
+
+
+# -- decompression bombs: refused from the header, before decoding --------------------------------
+
+def test_a_png_bomb_is_refused_before_decoding_naming_the_file_and_pixels(tmp_path):
+    from zoo.inference.image import ImageError, decode_image
+    bomb = png_bomb(tmp_path / "bomb.png")
+    with pytest.raises(ImageError, match=r"bomb\.png.*10000000000 pixels.*ZOO_MAX_IMAGE_PIXELS"):
+        decode_image(str(bomb), True, str(bomb))
+    with pytest.raises(ImageError, match="10000000000 pixels"):
+        decode_image(bomb.read_bytes(), None, "record 1")
+
+
+def test_the_image_limit_is_raised_or_lowered_by_its_variable(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from zoo.inference.image import ImageError, decode_image
+    Image.new("RGB", (5, 4)).save(tmp_path / "small.png")
+    assert decode_image(str(tmp_path / "small.png"), True, "small").shape == (3, 4, 5)
+    monkeypatch.setenv("ZOO_MAX_IMAGE_PIXELS", "19")
+    with pytest.raises(ImageError, match="20 pixels"):
+        decode_image(str(tmp_path / "small.png"), True, "small")
+    monkeypatch.setenv("ZOO_MAX_IMAGE_PIXELS", "20")
+    assert decode_image(str(tmp_path / "small.png"), True, "small").shape == (3, 4, 5)
+    monkeypatch.setenv("ZOO_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ImageError, match="ZOO_MAX_IMAGE_PIXELS='lots'"):
+        decode_image(str(tmp_path / "small.png"), True, "small")
+
+
+def test_zoo_run_refuses_a_bomb_in_one_line(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
+    prototxt, weights = tiny
+    bomb = png_bomb(tmp_path / "bomb.png")
+    line = _one_line(capsys, ["run", prototxt, "--weights", weights, bomb])
+    assert "bomb.png" in line and "10000000000 pixels" in line
+
+
+def test_zoo_finetune_refuses_a_bomb_in_one_line(tiny, tmp_path, capsys):
+    prototxt, weights = tiny
+    folder = texture_folder(tmp_path / "imgs", 3, size=16)
+    png_bomb(folder / "flat" / "bomb.png")
+    line = _one_line(capsys, ["finetune", prototxt, "--weights", weights, "--data", folder, "--num-classes", 3,
+                              "-o", tmp_path / "o", "--quiet"])
+    assert "bomb.png" in line and "10000000000 pixels" in line
+
+
+def _train(tmp_path: Path, capsys, net: dict, solver: str = SOLVER) -> str:
+    (tmp_path / "net.prototxt").write_text(NET.format(**net))
+    (tmp_path / "solver.prototxt").write_text(solver)
+    return _one_line(capsys, ["train", "--solver", "solver.prototxt", "--device", "cpu"])
+
+
+LIST_NET = dict(type="ImageData", source_param="image_data_param", source="list.txt", extra="", transform="")
+DATA_NET = dict(type="Data", source_param="data_param", source="db", extra="backend: LMDB", transform="")
+
+
+def test_zoo_train_imagedata_refuses_a_bomb_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    png_bomb(tmp_path / "bomb.png")
+    (tmp_path / "list.txt").write_text("bomb.png 0\n")
+    line = _train(tmp_path, capsys, LIST_NET)
+    assert "bomb.png" in line and "10000000000 pixels" in line
