@@ -100,3 +100,38 @@ def test_zoo_train_imagedata_refuses_a_bomb_in_one_line(tmp_path, monkeypatch, c
     (tmp_path / "list.txt").write_text("bomb.png 0\n")
     line = _train(tmp_path, capsys, LIST_NET)
     assert "bomb.png" in line and "10000000000 pixels" in line
+
+
+# -- LMDB Datums with impossible dims ---------------------------------------------------------------
+
+def _datum_lmdb(path: Path, *datums) -> None:
+    import lmdb
+    env = lmdb.open(str(path), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        for i, datum in enumerate(datums):
+            txn.put(f"{i:08d}".encode(), datum.SerializeToString())
+    env.close()
+
+
+@pytest.mark.parametrize("dims, data, match", [
+    ((0, 4, 4), b"", r"channels 0, height 4, width 4.*positive"),
+    ((3, -2, 4), b"", r"height -2.*positive"),
+    ((3, 4, 4), b"\0" * 10, r"10 data bytes for a 3x4x4 Datum"),
+], ids=["zero", "negative", "short"])
+def test_a_datum_with_impossible_dims_is_one_line(dims, data, match, tmp_path, monkeypatch, capsys):
+    from prototxt import caffe_pb2
+    monkeypatch.chdir(tmp_path)
+    c, h, w = dims
+    _datum_lmdb(tmp_path / "db", caffe_pb2.Datum(channels=c, height=h, width=w, data=data, label=0))
+    line = _train(tmp_path, capsys, DATA_NET)
+    assert "record b'00000000'" in line and __import__("re").search(match, line), line
+
+
+def test_a_finetune_lmdb_with_negative_dims_is_one_line(tiny, tmp_path, capsys):
+    from prototxt import caffe_pb2
+    prototxt, weights = tiny
+    good = caffe_pb2.Datum(channels=3, height=32, width=32, data=bytes(3 * 32 * 32), label=1)
+    _datum_lmdb(tmp_path / "train_lmdb", *[good] * 5, caffe_pb2.Datum(channels=3, height=-1, width=-1, label=0))
+    line = _one_line(capsys, ["finetune", prototxt, "--weights", weights, "--data", tmp_path / "train_lmdb",
+                              "--num-classes", 3, "-o", tmp_path / "o", "--quiet"])
+    assert "train_lmdb: record '00000005'" in line and "height -1" in line

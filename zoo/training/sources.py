@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from zoo.inference.image import IMAGE_SUFFIXES, decode_image, open_image
-from zoo.training.data import DataError, LmdbDatums, datum_image, read_image_list
+from zoo.training.data import DataError, LmdbDatums, check_datum, datum_image, read_image_list
 
 
 class Source:
@@ -124,7 +124,13 @@ class LmdbSource(Source):
         self.name, self.color = path, color
         self.db = LmdbDatums(path, path)
         self.keys = self.db.keys()
-        self.labels = np.asarray([self.db.get(key).label for key in self.keys], dtype=np.int64)
+        self.labels = np.asarray([self._label(i) for i in range(len(self.keys))], dtype=np.int64)
+
+    def _label(self, i: int) -> int:
+        datum = self.db.get(self.keys[i])
+        if not datum.encoded:
+            check_datum(datum, self.where(i))  # a broken record: one line now, not an hour into training
+        return datum.label
 
     def image(self, i: int) -> np.ndarray:
         return datum_image(self.db.get(self.keys[i]), self.color, self.where(i))
