@@ -135,3 +135,40 @@ def test_a_finetune_lmdb_with_negative_dims_is_one_line(tiny, tmp_path, capsys):
     line = _one_line(capsys, ["finetune", prototxt, "--weights", weights, "--data", tmp_path / "train_lmdb",
                               "--num-classes", 3, "-o", tmp_path / "o", "--quiet"])
     assert "train_lmdb: record '00000005'" in line and "height -1" in line
+
+
+# -- labels ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("label", [3, 7, -1])
+def test_zoo_train_refuses_a_label_outside_the_losss_classes(label, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    _write_lmdb(tmp_path / "db", [rng.integers(0, 256, (1, 2, 2), dtype=np.uint8) for _ in range(2)], [0, label])
+    line = _train(tmp_path, capsys, DATA_NET)
+    assert f"label {label}" in line and "'loss'" in line and "0..2" in line, line
+
+
+def test_the_ignore_label_is_not_out_of_range(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    _write_lmdb(tmp_path / "db", [rng.integers(0, 256, (1, 2, 2), dtype=np.uint8) for _ in range(2)], [0, 255])
+    net = NET.format(**DATA_NET).replace('top: "loss" }', 'top: "loss" loss_param { ignore_label: 255 } }')
+    (tmp_path / "net.prototxt").write_text(net)
+    (tmp_path / "solver.prototxt").write_text(SOLVER)
+    from zoo.training.train import train
+    assert len(train("solver.prototxt", device="cpu").trajectory) == 3
+
+
+def test_a_list_label_beyond_int64_is_one_line_in_train_and_finetune(tiny, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "train"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    folder = texture_folder(tmp_path / "imgs", 2, size=16)
+    first = sorted(folder.rglob("*.png"))[0]
+    (work / "list.txt").write_text(f"{first} 0\n{first} {2 ** 70}\n")
+    line = _train(work, capsys, LIST_NET)
+    assert f"list.txt:2: label {2 ** 70}" in line
+    prototxt, weights = tiny
+    line = _one_line(capsys, ["finetune", prototxt, "--weights", weights, "--data", work / "list.txt",
+                              "--num-classes", 3, "-o", tmp_path / "o", "--quiet"])
+    assert f"list.txt:2: label {2 ** 70}" in line

@@ -240,11 +240,16 @@ def read_image_list(source: str, where: str) -> list[tuple[str, int, int]]:
         if not sep or not path or value is None:
             raise DataError(f"{source}:{n}: expected 'path label' (an integer label after the last space), "
                             f"got {line!r}")
+        if not INT32_MIN <= value <= INT32_MAX:
+            raise DataError(f"{source}:{n}: label {value} does not fit Caffe's labels (32-bit integers, "
+                            f"{INT32_MIN}..{INT32_MAX})")
         lines.append((path, value, n))
     if not lines:
         raise DataError(f"{where}: the image list '{source}' has no lines")
     return lines
 
+
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 SOURCES = {"Data": LmdbSource, "ImageData": ImageListSource}
 

@@ -158,6 +158,7 @@ def layer_blobs(net: Net) -> list[tuple[bytes, list[np.ndarray]]]:
 
 def forward(net: Net, batch: dict[str, np.ndarray], device: torch.device) -> tuple[torch.Tensor, dict]:
     """One forward pass: (the weighted loss sum, {output blob: tensor})."""
+    _check_labels(net.graph, batch)
     inputs = []
     for v in net.graph.inputs:
         value = net.graph.values[v]
@@ -174,6 +175,24 @@ def forward(net: Net, batch: dict[str, np.ndarray], device: torch.device) -> tup
         top = out[name].sum()
         loss = loss + (top if w == 1.0 else top * w)
     return loss, out
+
+
+def _check_labels(graph: Graph, batch: dict[str, np.ndarray]) -> None:
+    """SoftmaxWithLoss CHECKs 0 <= label < classes (labels other than its ignore_label): a label fed from
+    the data is checked here, before torch indexes with it."""
+    for layer in graph.layers:
+        if layer.type != "SoftmaxWithLoss" or len(layer.bottoms) < 2 or layer.bottoms[1] not in graph.inputs:
+            continue
+        label, scores = graph.values[layer.bottoms[1]], graph.values[layer.bottoms[0]]
+        classes = scores.shape[layer.proto.softmax_param.axis]
+        values = batch[label.caffe_name].astype(np.int64)  # Caffe's static_cast<int>
+        bad = (values < 0) | (values >= classes)
+        if layer.proto.loss_param.HasField("ignore_label"):
+            bad &= values != layer.proto.loss_param.ignore_label
+        if bad.any():
+            raise TrainError(f"layer '{layer.name}' (SoftmaxWithLoss): label {values[bad].flat[0]} in '{label.caffe_name}' "
+                             f"is outside 0..{classes - 1} (the {classes} classes of '{scores.caffe_name}') and is not "
+                             f"its ignore_label; fix the data's labels or the layer before it (Caffe CHECKs this)")
 
 
 def pick_device(device: str) -> torch.device:
