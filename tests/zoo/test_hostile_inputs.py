@@ -172,3 +172,28 @@ def test_a_list_label_beyond_int64_is_one_line_in_train_and_finetune(tiny, tmp_p
     line = _one_line(capsys, ["finetune", prototxt, "--weights", weights, "--data", work / "list.txt",
                               "--num-classes", 3, "-o", tmp_path / "o", "--quiet"])
     assert f"list.txt:2: label {2 ** 70}" in line
+
+
+# -- finetune --resume with a bad checkpoint, --num-classes too large -------------------------------
+
+def _finetune_args(tiny, tmp_path: Path) -> list:
+    prototxt, weights = tiny
+    folder = texture_folder(tmp_path / "imgs", 3, size=16)
+    return ["finetune", prototxt, "--weights", weights, "--data", folder, "--num-classes", 3,
+            "-o", tmp_path / "o", "--quiet", "--epochs", 1]
+
+
+def test_resume_from_a_pickle_torch_refuses_is_one_line(tiny, tmp_path, capsys):
+    import pickle
+    (tmp_path / "o" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "o" / "checkpoints" / "last.pt").write_bytes(pickle.dumps(Path("x")))
+    line = _one_line(capsys, _finetune_args(tiny, tmp_path) + ["--resume"])
+    assert "last.pt" in line and "without --resume" in line and "delete" in line
+
+
+def test_resume_from_a_checkpoint_missing_keys_is_one_line(tiny, tmp_path, capsys):
+    import torch
+    (tmp_path / "o" / "checkpoints").mkdir(parents=True)
+    torch.save({"format": 1, "metrics": []}, tmp_path / "o" / "checkpoints" / "last.pt")
+    line = _one_line(capsys, _finetune_args(tiny, tmp_path) + ["--resume"])
+    assert "last.pt" in line and "config" in line and "without --resume" in line

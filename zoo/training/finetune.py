@@ -434,9 +434,28 @@ def _setup(graph, c, surgery, runtime, dev, seed, batch, cfg, per_epoch, out, pr
                 cfg.max_iter, out, progress, say), solver
 
 
-def _restore(run: _Run, solver, fingerprint: dict) -> None:
+_CHECKPOINT_KEYS = ("config", "module", "solver", "metrics", "best", "epoch")
+
+
+def _read_checkpoint(path: Path, device) -> dict:
+    """The checkpoint at ``path``, or one line saying what to do when it is not one this tool wrote."""
     import torch
-    state = torch.load(run.out / CHECKPOINT, map_location=run.device, weights_only=True)
+    advice = "start without --resume in another output folder, or delete it to start over"
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types (UnpicklingError, RuntimeError, EOFError...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FinetuneError(f"--resume: {path} is not a finetuning checkpoint that can be loaded safely "
+                            f"({reason[:200]}); {advice}") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise FinetuneError(f"--resume: {path} lacks {', '.join(missing)} (not a checkpoint of zoo finetune, or "
+                            f"a damaged one); {advice}")
+    return state
+
+
+def _restore(run: _Run, solver, fingerprint: dict) -> None:
+    state = _read_checkpoint(run.out / CHECKPOINT, run.device)
     changed = [k for k in fingerprint if state["config"].get(k) != fingerprint[k]]
     if changed:
         what = ", ".join(f"{k} ({state['config'].get(k)!r} -> {fingerprint[k]!r})" for k in changed[:3])
