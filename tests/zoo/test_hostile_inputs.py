@@ -197,3 +197,10 @@ def test_resume_from_a_checkpoint_missing_keys_is_one_line(tiny, tmp_path, capsy
     torch.save({"format": 1, "metrics": []}, tmp_path / "o" / "checkpoints" / "last.pt")
     line = _one_line(capsys, _finetune_args(tiny, tmp_path) + ["--resume"])
     assert "last.pt" in line and "config" in line and "without --resume" in line
+
+
+def test_num_classes_beyond_uint32_is_one_line(tiny, tmp_path, capsys):
+    args = _finetune_args(tiny, tmp_path)
+    args[args.index("--num-classes") + 1] = 2 ** 32
+    line = _one_line(capsys, args)
+    assert "--num-classes 4294967296" in line

@@ -45,6 +45,7 @@ from zoo.training.sources import Source, check_labels, open_source, split
 from zoo.training.surgery import Cut, FinetuneError, FrozenPart, cut, operate, trainable_net
 
 Echo = Callable[[str], None]
+UINT32_MAX = (1 << 32) - 1
 CHECKPOINT = "checkpoints/last.pt"
 BEST = "checkpoints/best.pt"
 
@@ -289,8 +290,9 @@ def finetune(model: str, data: os.PathLike | str, num_classes: int, options: Opt
         raise FinetuneError(f"--seed must be a non-negative integer (got {o.seed!r})")
     if o.input_channels is not None and o.input_channels < 1:
         raise FinetuneError(f"--input-channels must be positive (got {o.input_channels})")
-    if num_classes < 2:
-        raise FinetuneError(f"--num-classes must be at least 2 (got {num_classes})")
+    if not 2 <= num_classes <= UINT32_MAX:
+        raise FinetuneError(f"--num-classes {num_classes}: must be at least 2 and at most {UINT32_MAX} (the head's "
+                            f"num_output is a uint32)")
     if o.checkpoint_every is not None and o.checkpoint_every < 1:
         raise FinetuneError(f"--checkpoint-every must be positive (got {o.checkpoint_every})")
     if o.batch_size < 1:
