@@ -204,3 +204,27 @@ def test_num_classes_beyond_uint32_is_one_line(tiny, tmp_path, capsys):
     args[args.index("--num-classes") + 1] = 2 ** 32
     line = _one_line(capsys, args)
     assert "--num-classes 4294967296" in line
+
+
+# -- zoo verify --reference with a bad .npz -------------------------------------------------------
+
+def test_verify_with_a_bad_reference_npz_is_one_line(tiny, tmp_path, capsys):
+    prototxt, weights = tiny
+    args = ["verify", prototxt, "--weights", weights, "--reference"]
+    (tmp_path / "text.npz").write_text("not a zip")
+    assert "text.npz" in _one_line(capsys, args + [tmp_path / "text.npz"])
+    np.savez(tmp_path / "nokey.npz", **{"out/fc": np.zeros((1, 10), np.float32)})
+    line = _one_line(capsys, args + [tmp_path / "nokey.npz"])
+    assert "nokey.npz" in line and "in/data" in line
+    np.savez(tmp_path / "shape.npz", **{"in/data": np.zeros((1, 3, 32), np.float32)})
+    line = _one_line(capsys, args + [tmp_path / "shape.npz"])
+    assert "shape.npz" in line and "in/data" in line and "(1, 3, 32)" in line
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    assert "not an .npz" in _one_line(capsys, args + [tmp_path / "one.npy"])
+
+
+def test_verify_with_a_reference_skips_blobs_the_net_does_not_have(tiny, tmp_path, capsys):
+    prototxt, weights = tiny
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "ref.npz", **{"in/data": x, "out/unknown_blob": np.zeros(2)})
+    assert main(["verify", str(prototxt), "--weights", str(weights), "--reference", str(tmp_path / "ref.npz")]) == 0
