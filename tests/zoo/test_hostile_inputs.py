@@ -228,3 +228,35 @@ def test_verify_with_a_reference_skips_blobs_the_net_does_not_have(tiny, tmp_pat
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     np.savez(tmp_path / "ref.npz", **{"in/data": x, "out/unknown_blob": np.zeros(2)})
     assert main(["verify", str(prototxt), "--weights", str(weights), "--reference", str(tmp_path / "ref.npz")]) == 0
+
+
+# -- non-finite losses stop training ----------------------------------------------------------------
+
+def test_zoo_train_stops_at_the_first_non_finite_loss(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    images = [np.zeros((1, 2, 2), np.float32), np.full((1, 2, 2), np.nan, np.float32)]
+    import lmdb
+
+    from prototxt import caffe_pb2
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        for i, img in enumerate(images * 2):
+            datum = caffe_pb2.Datum(channels=1, height=2, width=2, label=0, float_data=img.ravel().tolist())
+            txn.put(f"{i:08d}".encode(), datum.SerializeToString())
+    env.close()
+    solver = SOLVER.replace("snapshot_after_train: false", f'snapshot_prefix: "{tmp_path}/snap"')
+    line = _train(tmp_path, capsys, DATA_NET, solver)
+    assert "iteration 0" in line and "nan" in line
+    assert not list(tmp_path.glob("snap*"))
+
+
+def test_zoo_finetune_stops_at_the_first_non_finite_loss(tiny, tmp_path, capsys):
+    data = np.zeros((10, 3, 32, 32), np.float32)
+    data[::2] = np.inf
+    np.savez(tmp_path / "inf.npz", data=data, labels=np.arange(10) % 3)
+    prototxt, weights = tiny
+    line = _one_line(capsys, ["finetune", prototxt, "--weights", weights, "--data", tmp_path / "inf.npz",
+                              "--num-classes", 3, "-o", tmp_path / "o", "--quiet", "--epochs", 1,
+                              "--freeze-until", "conv1"])
+    assert "iteration 0" in line and ("nan" in line or "inf" in line)
+    assert not list((tmp_path / "o").glob("*.caffemodel")) and not (tmp_path / "o" / "checkpoints").exists()

@@ -530,6 +530,8 @@ def _train(run: _Run, solver, loaders, cached: bool, every: int, fingerprint: di
 
 def _iterate(run: _Run, solver, loaders, features, val_features, every: int, fingerprint: dict) -> None:
     import torch
+
+    from zoo.training.net import check_finite_loss
     n_epochs = math.ceil(run.max_iter / run.per_epoch)
     bar = None
     run.module.train()
@@ -545,6 +547,7 @@ def _iterate(run: _Run, solver, loaders, features, val_features, every: int, fin
             torch.manual_seed(_seed(run.seed, 3, it, k))  # dropout
             out = run.module(*inputs)
             loss = out[run.loss]
+            check_finite_loss(loss.item(), it, "zoo finetune")
             loss.backward()
             n = len(labels)
             run.epoch.loss += float(loss.item()) * n

@@ -177,6 +177,13 @@ def forward(net: Net, batch: dict[str, np.ndarray], device: torch.device) -> tup
     return loss, out
 
 
+def check_finite_loss(loss: float, it: int, where: str) -> None:
+    """Stop at the first NaN or infinite loss: every update after it is garbage (Caffe trains on)."""
+    if not np.isfinite(loss):
+        raise TrainError(f"{where}: the loss is {float(loss)} at iteration {it}; stopped before that iteration's "
+                         f"update, nothing of it saved. Look for NaN or inf in the training data, or lower base_lr")
+
+
 def _check_labels(graph: Graph, batch: dict[str, np.ndarray]) -> None:
     """SoftmaxWithLoss CHECKs 0 <= label < classes (labels other than its ignore_label): a label fed from
     the data is checked here, before torch indexes with it."""
