@@ -197,9 +197,10 @@ def _check_labels(graph: Graph, batch: dict[str, np.ndarray]) -> None:
         if layer.proto.loss_param.HasField("ignore_label"):
             bad &= values != layer.proto.loss_param.ignore_label
         if bad.any():
-            raise TrainError(f"layer '{layer.name}' (SoftmaxWithLoss): label {values[bad].flat[0]} in '{label.caffe_name}' "
-                             f"is outside 0..{classes - 1} (the {classes} classes of '{scores.caffe_name}') and is not "
-                             f"its ignore_label; fix the data's labels or the layer before it (Caffe CHECKs this)")
+            raise TrainError(f"layer '{layer.name}' (SoftmaxWithLoss): label {values[bad].flat[0]} in "
+                             f"'{label.caffe_name}' is outside 0..{classes - 1} (the {classes} classes of "
+                             f"'{scores.caffe_name}') and is not its ignore_label; fix the data's labels or the "
+                             f"layer before it (Caffe CHECKs this)")
 
 
 def pick_device(device: str) -> torch.device:
