@@ -13,6 +13,12 @@ from prototxt import CaffeError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
+# A small file can declare a huge image (a decompression bomb): the size in its header is checked
+# before anything is decoded. 2^28 pixels (16384 x 16384) is 768 MiB as BGR bytes; OpenCV's own
+# limit (CV_IO_MAX_IMAGE_PIXELS) is 2^30. Pillow's own check is replaced by this one.
+MAX_PIXELS_ENV = "ZOO_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 1 << 28
+
 
 class ImageError(CaffeError):
     """An image that cannot be read (one line naming the file)."""
@@ -29,7 +35,7 @@ def decode_image(data: "bytes | str | os.PathLike | PIL.Image.Image", color: Opt
         if isinstance(data, Image.Image):
             arr = _opencv_array(data, color, owned=False)
         else:
-            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+            with open_image(data, where) as im:
                 arr = _opencv_array(im, color, owned=True)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ImageError(f"{where}: could not load the image: {exc}") from None
@@ -37,6 +43,31 @@ def decode_image(data: "bytes | str | os.PathLike | PIL.Image.Image", color: Opt
         return arr[None]
     arr = arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr[[2, 1, 0, 3][:arr.shape[0]]])  # RGB(A) -> BGR(A)
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) decoded: ``$ZOO_MAX_IMAGE_PIXELS``, else the default."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ImageError(f"{MAX_PIXELS_ENV}={raw[:40]!r} is not a positive whole number of pixels; unset it or fix it")
+    return int(raw)
+
+
+def open_image(data: "bytes | str | os.PathLike", where: str) -> "PIL.Image.Image":
+    """The image opened lazily (its header parsed, nothing decoded), refused when it declares more
+    pixels than ``max_image_pixels()``. Raises what Image.open raises for a file it cannot read."""
+    from PIL import Image
+    limit = max_image_pixels()
+    Image.MAX_IMAGE_PIXELS = None  # this module's limit, checked below, replaces Pillow's (a warning, then 2x an error)
+    im = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+    width, height = im.size
+    if width * height > limit:
+        im.close()
+        raise ImageError(f"{where}: the image declares {width}x{height} = {width * height} pixels, more than the "
+                         f"limit of {limit} (a decompression bomb?); if it is real, raise {MAX_PIXELS_ENV}")
+    return im
 
 
 def _opencv_array(im, color: Optional[bool], owned: bool) -> np.ndarray:

@@ -47,11 +47,20 @@ def parse_datum(value: bytes, where: str) -> caffe_pb2.Datum:
     return datum
 
 
+def check_datum(datum: caffe_pb2.Datum, where: str) -> tuple[int, int, int]:
+    """A raw (not encoded) Datum's (C, H, W), refused unless each is positive."""
+    shape = (datum.channels, datum.height, datum.width)
+    if min(shape) < 1:
+        raise DataError(f"{where}: a Datum of channels {shape[0]}, height {shape[1]}, width {shape[2]}; each must be "
+                        f"positive (a broken or foreign record)")
+    return shape
+
+
 def datum_image(datum: caffe_pb2.Datum, color: Optional[bool], where: str) -> np.ndarray:
     """A Datum's (C, H, W) image: uint8 bytes, float_data, or an encoded image (decoded as OpenCV would)."""
     if datum.encoded:
         return decode_image(datum.data, color, where)
-    shape = (datum.channels, datum.height, datum.width)
+    shape = check_datum(datum, where)
     n = int(np.prod(shape))
     if datum.data:
         if len(datum.data) != n:
@@ -253,11 +262,16 @@ def read_image_list(source: str, where: str) -> list[tuple[str, int, int]]:
         if not sep or not path or value is None:
             raise DataError(f"{source}:{n}: expected 'path label' (an integer label after the last space), "
                             f"got {line!r}")
+        if not INT32_MIN <= value <= INT32_MAX:
+            raise DataError(f"{source}:{n}: label {value} does not fit Caffe's labels (32-bit integers, "
+                            f"{INT32_MIN}..{INT32_MAX})")
         lines.append((path, value, n))
     if not lines:
         raise DataError(f"{where}: the image list '{source}' has no lines")
     return lines
 
+
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 SOURCES = {"Data": LmdbSource, "ImageData": ImageListSource}
 

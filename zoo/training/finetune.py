@@ -46,6 +46,7 @@ from zoo.training.sources import Source, Subset, check_labels, open_source, spli
 from zoo.training.surgery import Cut, FinetuneError, FrozenPart, cut, operate, trainable_net
 
 Echo = Callable[[str], None]
+UINT32_MAX = (1 << 32) - 1
 CHECKPOINT = "checkpoints/last.pt"
 BEST = "checkpoints/best.pt"
 
@@ -291,8 +292,9 @@ def finetune(model: str, data: os.PathLike | str, num_classes: int, options: Opt
         raise FinetuneError(f"--seed must be a non-negative integer (got {o.seed!r})")
     if o.input_channels is not None and o.input_channels < 1:
         raise FinetuneError(f"--input-channels must be positive (got {o.input_channels})")
-    if num_classes < 2:
-        raise FinetuneError(f"--num-classes must be at least 2 (got {num_classes})")
+    if not 2 <= num_classes <= UINT32_MAX:
+        raise FinetuneError(f"--num-classes {num_classes}: must be at least 2 and at most {UINT32_MAX} (the head's "
+                            f"num_output is a uint32)")
     if o.checkpoint_every is not None and o.checkpoint_every < 1:
         raise FinetuneError(f"--checkpoint-every must be positive (got {o.checkpoint_every})")
     if o.batch_size < 1:
@@ -453,9 +455,28 @@ def _setup(graph, c, surgery, runtime, dev, seed, batch, cfg, per_epoch, out, pr
                 cfg.max_iter, out, progress, say), solver
 
 
-def _restore(run: _Run, solver, fingerprint: dict) -> None:
+_CHECKPOINT_KEYS = ("config", "module", "solver", "metrics", "best", "epoch")
+
+
+def _read_checkpoint(path: Path, device) -> dict:
+    """The checkpoint at ``path``, or one line saying what to do when it is not one this tool wrote."""
     import torch
-    state = torch.load(run.out / CHECKPOINT, map_location=run.device, weights_only=True)
+    advice = "start without --resume in another output folder, or delete it to start over"
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types (UnpicklingError, RuntimeError, EOFError...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FinetuneError(f"--resume: {path} is not a finetuning checkpoint that can be loaded safely "
+                            f"({reason[:200]}); {advice}") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise FinetuneError(f"--resume: {path} lacks {', '.join(missing)} (not a checkpoint of zoo finetune, or "
+                            f"a damaged one); {advice}")
+    return state
+
+
+def _restore(run: _Run, solver, fingerprint: dict) -> None:
+    state = _read_checkpoint(run.out / CHECKPOINT, run.device)
     changed = [k for k in fingerprint if state["config"].get(k) != fingerprint[k]]
     if changed:
         what = ", ".join(f"{k} ({state['config'].get(k)!r} -> {fingerprint[k]!r})" for k in changed[:3])
@@ -532,6 +553,8 @@ def _train(run: _Run, solver, loaders, cached: bool, every: int, fingerprint: di
 
 def _iterate(run: _Run, solver, loaders, features, val_features, every: int, fingerprint: dict) -> None:
     import torch
+
+    from zoo.training.net import check_finite_loss
     n_epochs = math.ceil(run.max_iter / run.per_epoch)
     bar = None
     run.module.train()
@@ -548,6 +571,7 @@ def _iterate(run: _Run, solver, loaders, features, val_features, every: int, fin
             torch.manual_seed(_seed(run.seed, 3, it, distributed.pass_index(k, run.iter_size)))  # dropout
             out = run.module(*inputs)
             loss = out[run.loss]
+            check_finite_loss(loss.item(), it, "zoo finetune")
             loss.backward()
             n = len(labels)
             sums = [sums[0] + float(loss.item()) * n, sums[1] + float(out[run.accuracy].item()) * n, sums[2] + n]

@@ -158,6 +158,7 @@ def layer_blobs(net: Net) -> list[tuple[bytes, list[np.ndarray]]]:
 
 def forward(net: Net, batch: dict[str, np.ndarray], device: torch.device) -> tuple[torch.Tensor, dict]:
     """One forward pass: (the weighted loss sum, {output blob: tensor})."""
+    _check_labels(net.graph, batch)
     inputs = []
     for v in net.graph.inputs:
         value = net.graph.values[v]
@@ -174,6 +175,32 @@ def forward(net: Net, batch: dict[str, np.ndarray], device: torch.device) -> tup
         top = out[name].sum()
         loss = loss + (top if w == 1.0 else top * w)
     return loss, out
+
+
+def check_finite_loss(loss: float, it: int, where: str) -> None:
+    """Stop at the first NaN or infinite loss: every update after it is garbage (Caffe trains on)."""
+    if not np.isfinite(loss):
+        raise TrainError(f"{where}: the loss is {float(loss)} at iteration {it}; stopped before that iteration's "
+                         f"update, nothing of it saved. Look for NaN or inf in the training data, or lower base_lr")
+
+
+def _check_labels(graph: Graph, batch: dict[str, np.ndarray]) -> None:
+    """SoftmaxWithLoss CHECKs 0 <= label < classes (labels other than its ignore_label): a label fed from
+    the data is checked here, before torch indexes with it."""
+    for layer in graph.layers:
+        if layer.type != "SoftmaxWithLoss" or len(layer.bottoms) < 2 or layer.bottoms[1] not in graph.inputs:
+            continue
+        label, scores = graph.values[layer.bottoms[1]], graph.values[layer.bottoms[0]]
+        classes = scores.shape[layer.proto.softmax_param.axis]
+        values = batch[label.caffe_name].astype(np.int64)  # Caffe's static_cast<int>
+        bad = (values < 0) | (values >= classes)
+        if layer.proto.loss_param.HasField("ignore_label"):
+            bad &= values != layer.proto.loss_param.ignore_label
+        if bad.any():
+            raise TrainError(f"layer '{layer.name}' (SoftmaxWithLoss): label {values[bad].flat[0]} in "
+                             f"'{label.caffe_name}' is outside 0..{classes - 1} (the {classes} classes of "
+                             f"'{scores.caffe_name}') and is not its ignore_label; fix the data's labels or the "
+                             f"layer before it (Caffe CHECKs this)")
 
 
 def pick_device(device: str) -> torch.device:

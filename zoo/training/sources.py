@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from zoo.inference.image import IMAGE_SUFFIXES, decode_image
-from zoo.training.data import DataError, LmdbDatums, datum_image, read_image_list
+from zoo.inference.image import IMAGE_SUFFIXES, decode_image, open_image
+from zoo.training.data import DataError, LmdbDatums, check_datum, datum_image, read_image_list
 
 
 class Source:
@@ -55,8 +55,8 @@ class Source:
 
 
 def _check_image_file(path: str) -> None:
-    """Fail now on a missing, empty or unreadable image (reads the header only)."""
-    from PIL import Image, UnidentifiedImageError
+    """Fail now on a missing, empty, unreadable or too large image (reads the header only)."""
+    from PIL import UnidentifiedImageError
     try:
         size = os.path.getsize(path)
     except OSError as exc:
@@ -64,8 +64,8 @@ def _check_image_file(path: str) -> None:
     if size == 0:
         raise DataError(f"{path}: the image file is empty")
     try:
-        with Image.open(path) as im:
-            im.size  # noqa: B018 - the header is parsed on open
+        with open_image(path, path):
+            pass  # the header is parsed (and the declared size checked) on open
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({str(exc).splitlines()[0] if str(exc) else 'unknown format'})") \
             from None
@@ -124,7 +124,13 @@ class LmdbSource(Source):
         self.name, self.color = path, color
         self.db = LmdbDatums(path, path)
         self.keys = self.db.keys()
-        self.labels = np.asarray([self.db.get(key).label for key in self.keys], dtype=np.int64)
+        self.labels = np.asarray([self._label(i) for i in range(len(self.keys))], dtype=np.int64)
+
+    def _label(self, i: int) -> int:
+        datum = self.db.get(self.keys[i])
+        if not datum.encoded:
+            check_datum(datum, self.where(i))  # a broken record: one line now, not an hour into training
+        return datum.label
 
     def image(self, i: int) -> np.ndarray:
         return datum_image(self.db.get(self.keys[i]), self.color, self.where(i))

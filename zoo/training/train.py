@@ -28,8 +28,8 @@ from prototxt import (DATA_TYPES, Graph, attach_weights, build_graph, caffe_pb2,
 from prototxt.fileio import atomic_write
 from zoo.training import distributed
 from zoo.training.data import TEST, TRAIN, LayerSource, open_layer_source
-from zoo.training.net import (Net, TrainError, describe_device, exact_float32, forward, layer_blobs, learnable_params,
-                              loss_weights, pick_device, share_trained_layers)
+from zoo.training.net import (Net, TrainError, check_finite_loss, describe_device, exact_float32, forward, layer_blobs,
+                              learnable_params, loss_weights, pick_device, share_trained_layers)
 from zoo.training.solver import CaffeSolver, SolverConfig
 
 Echo = Callable[[str], None]
@@ -515,6 +515,7 @@ def _solve(net: Net, solver: CaffeSolver, cfg: SolverConfig, tests: list[_TestNe
             total = np.float32(total + np.float32(loss.item()))
         distributed.average_gradients([g["params"][0] for g in solver.param_groups])
         loss32 = np.float32(total / np.float32(cfg.iter_size))
+        check_finite_loss(loss32, it, net.source)
         smoothed.update(loss32, it)
         if display:
             lapse = time.perf_counter() - timer
