@@ -37,8 +37,11 @@ KNOWN_DRIFT: dict[tuple[str, str], dict[str, float]] = {
     ("places365_resnet152", "res4b17_branch2b"): {"torch": 2.28, "onnx": 3.23},  # float64: 3.04
     ("places365_resnet152", "res4b27_branch2b"): {"torch": 3.74, "onnx": 6.55},  # float64: 5.22
     ("places365_resnet152", "fc365"): {"torch": 2.09, "onnx": 2.68},             # float64: 2.54
-    ("inception_v3", "inception_c2_3x1"): {"onnx": 1.54},                         # float64: 1.31, torch 0.99
+    ("inception_v3", "inception_c2_3x1"): {"onnx": 1.54, "torch": 1.51},          # float64: 1.31
 }
+# Where the float32 result lands depends on the CPU's GEMM kernels: torch gives 0.99x on the machine of
+# earlier sessions and 1.51x on an AMD EPYC (AVX-512) one; those cases are xfail without strict.
+CPU_DEPENDENT = {("inception_v3", "inception_c2_3x1", "torch")}
 DRIFT_REASON = ("Caffe's own float32 rounding through ~100 BatchNorm layers: a float64 evaluation misses "
                 "Caffe's value by as much (test_known_drift_is_caffes_float32_rounding)")
 
@@ -162,7 +165,8 @@ def _drift_cases():
         for backend in backends:
             values.append((by_name[name], blob, backend))
             ids.append(f"{name}-{blob}-{backend}")
-            marks.append(_marks(name) + [pytest.mark.xfail(strict=True, raises=AssertionError, reason=DRIFT_REASON)])
+            strict = (name, blob, backend) not in CPU_DEPENDENT
+            marks.append(_marks(name) + [pytest.mark.xfail(strict=strict, raises=AssertionError, reason=DRIFT_REASON)])
     return shared_params(values, ids, marks)
 
 
