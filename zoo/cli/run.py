@@ -39,8 +39,7 @@ def _onnx_file(args: argparse.Namespace) -> tuple[str, object]:
     from zoo.hub.resolve import resolve
     from zoo.inference.classify import cached_onnx
     model = resolve(None if args.card else args.model, card=args.card, weights=args.weights)
-    if model.weights is None:
-        raise CommandError(f"{model.source}: running it needs the trained weights: pass --weights MODEL.caffemodel")
+    model.require_weights("running it")
     return cached_onnx(model), model.card
 
 
