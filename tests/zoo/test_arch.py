@@ -12,11 +12,13 @@ type, bottoms, tops and every parameter message (the Input layer's shape with it
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
 import pytest
 
+import converters  # noqa: F401  (the fork layer types' shape rules: SSD cards)
 from prototxt import attach_weights, build_graph, caffe_pb2, read_net
 from prototxt.text import to_text
 from tests.helpers import SHARED, shared_dir, shared_params
@@ -71,6 +73,7 @@ REFERENCES: dict[str, tuple[Reference, ...]] = {
     "resnet152": _same("resnet152", "ResNet-152-deploy.prototxt"),
     "nin_imagenet": (Reference("nin_imagenet/train_val.prototxt", training_net=True),),
     "mobilenet_v1": _same("mobilenet_v1", "mobilenet_deploy.prototxt"),
+    "yufacedetectnet_v1": _same("yufacedetectnet_v1", "yufacedetectnet-open-v1.prototxt"),
     "mobilenet_v2": _same("mobilenet_v2", "mobilenet_v2_deploy.prototxt"),
     "densenet121": _same("densenet121", "DenseNet_121.prototxt"),
     "inception_v3": _same("inception_v3", "deploy_inception-v3.prototxt"),
@@ -140,8 +143,13 @@ def test_card_architecture_builds_with_every_shape_known(card):
     assert list(graph.input_shapes) == [card.input.blob]
     assert graph.input_shapes[card.input.blob][1:] == card.input.shape  # any batch size
     assert sorted(graph.values[v].caffe_name for v in graph.outputs) == sorted(card.outputs)
-    if card.num_classes is not None:  # the first output's channels are the classes (prob, fc-rcnn, pool4...)
-        assert graph.values[graph.final_value(card.outputs[0])].shape[1] == card.num_classes
+    first = graph.final_value(card.outputs[0])
+    producer = next((l for l in graph.layers if l.name == graph.values[first].producer), None)
+    if card.num_classes is not None and producer is not None and producer.type == "DetectionOutput":
+        # rows of boxes [1, 1, N, 7]: the classes are the layer's parameter
+        assert producer.proto.detection_output_param.num_classes == card.num_classes
+    elif card.num_classes is not None:  # the first output's channels are the classes (prob, fc-rcnn, pool4...)
+        assert graph.values[first].shape[1] == card.num_classes
 
 
 @card_params
@@ -220,3 +228,16 @@ def test_convert_by_model_name_uses_the_built_in_architecture(tmp_path, capsys):
     assert main(["convert", "mtcnn_det1", "--weights", str(weights), "-o", str(tmp_path)]) == 0
     assert (tmp_path / "mtcnn_det1.onnx").is_file() and (tmp_path / "mtcnn_det1_pytorch" / "model.py").is_file()
     assert "prob1: max |pytorch - onnxruntime|" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name_and_path", shared_params(CORPUS_WEIGHTS, ids=[n for n, _ in CORPUS_WEIGHTS]))
+def test_card_checksums_match_the_corpus_copy(name_and_path):
+    """Where the corpus holds a card's caffemodel, every digest and the size on the card are its own
+    (for the fork face detectors the corpus file is the publisher's, by git blob id)."""
+    from zoo.hub.download import file_digest
+    name, path = name_and_path
+    weights = CARDS[name].weights
+    if weights.size is not None:
+        assert Path(path).stat().st_size == weights.size
+    for algorithm, digest in (weights.checksum or {}).items():
+        assert file_digest(path, algorithm) == digest, f"{name}: {algorithm} of {path}"

@@ -1,0 +1,73 @@
+"""SSD detectors (weiliu89/caffe's ssd branch): a backbone, then per source map a loc and a conf
+convolution (permuted to NHWC and flattened), its PriorBox on the image, the three concatenated, a
+softmax over the classes and DetectionOutput. YuFaceDetectNet v1 (ShiqiYu/libfacedetection)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ._net import Net, fill
+from ._registry import register
+
+NHWC = {"order": [0, 2, 3, 1]}
+VARIANCE = [0.1, 0.1, 0.2, 0.2]
+
+
+def _head(n: Net, x: str, prefix: str, boxes: int, classes: int, suffix: str = "", **priorbox: Any) -> tuple[str, ...]:
+    """One source map's (loc, conf, priorbox) tops: ``boxes`` priors per cell, each with 4 offsets and
+    ``classes`` scores."""
+    flat = []
+    for kind, channels in (("loc", 4 * boxes), ("conf", classes * boxes)):
+        y = n.conv(f"{prefix}_mbox_{kind}{suffix}", x, num_output=channels, bias_term=False, pad=1, kernel_size=3,
+                   stride=1)
+        y = n.layer("Permute", f"{prefix}_mbox_{kind}_perm", y, **NHWC)
+        flat.append(n.layer("Flatten", f"{prefix}_mbox_{kind}_flat", y, axis=1))
+    box = n.layer("PriorBox", f"{prefix}_mbox_priorbox", [x, "data"], **priorbox)
+    return flat[0], flat[1], box
+
+
+def _detection_output(n: Net, heads: Sequence[tuple[str, ...]], classes: int, transform: dict | None = None,
+                      **param: Any) -> str:
+    """The concatenated heads, the per-prior softmax over the classes, DetectionOutput (with the
+    ``transform_param`` some publishers leave on it: read by nothing at deploy, kept to equal their net)."""
+    loc, conf, box = ([h[i] for h in heads] for i in range(3))
+    loc = n.concat("mbox_loc", loc, axis=1)
+    conf = n.concat("mbox_conf", conf, axis=1)
+    box = n.concat("mbox_priorbox", box, axis=2)
+    conf = n.layer("Reshape", "mbox_conf_reshape", conf, shape={"dim": [0, -1, classes]})
+    conf = n.layer("Softmax", "mbox_conf_softmax", conf, axis=2)
+    conf = n.layer("Flatten", "mbox_conf_flatten", conf, axis=1)
+    out = n.layer("DetectionOutput", "detection_out", [loc, conf, box], **param)
+    if transform:
+        fill(n.proto.layer[-1].transform_param, transform)
+    return out
+
+
+# (block, output channels of its 3x3 convs, whether it has a third pair): conv<b>_1 3x3, conv<b>_2 1x1, [conv<b>_3 3x3]
+YU_BLOCKS = ((1, 16, False), (2, 16, False), (3, 32, True), (4, 64, True), (5, 128, True), (6, 128, True))
+# (source, min sizes, step): the four detection sources
+YU_SOURCES = (("conv3_3", (10.0, 16.0, 24.0), 8.0), ("conv4_3", (32.0, 48.0), 16.0),
+              ("conv5_3", (64.0, 96.0), 32.0), ("conv6_3", (128.0, 192.0, 256.0), 64.0))
+
+
+@register("yufacedetectnet_v1")
+def yufacedetectnet_v1():
+    n = Net("YuFaceDetectNet", (1, 3, 240, 320), input_layer="input")
+    x = "data"
+    for b, channels, third in YU_BLOCKS:
+        dilated = {"dilation": 1} if b >= 5 else {}
+        for i, (k, pad) in enumerate(((3, 1), (1, 0), (3, 1))[: 3 if third else 2], start=1):
+            stride = {"stride": 2} if (b, i) == (1, 1) else {}
+            x = n.conv(f"conv{b}_{i}", x, num_output=channels, bias_term=False, pad=pad, kernel_size=k, **stride,
+                       **dilated)
+            x = n.relu(f"relu{b}_{i}", x)
+        if b < 6:
+            x = n.pool(f"pool{b}", x, "MAX", kernel_size=2, stride=2)
+    heads = []
+    for source, sizes, step in YU_SOURCES:
+        x = n.layer("Normalize", f"{source}_norm", source, across_spatial=False, channel_shared=False)
+        heads.append(_head(n, x, f"{source}_norm", len(sizes), 2, "_new" if source == "conv3_3" else "",
+                           min_size=list(sizes), clip=False, variance=VARIANCE, step=step, offset=0.5))
+    _detection_output(n, heads, 2, {"mean_value": [103.94, 116.78, 123.68]}, num_classes=2, share_location=True, background_label_id=0,
+                      nms_param={"nms_threshold": 0.15, "top_k": 100}, code_type="CENTER_SIZE", keep_top_k=50,
+                      confidence_threshold=0.01, visualize=False, visualize_threshold=0.3)
+    return n.proto
