@@ -169,3 +169,17 @@ def test_zoo_run_of_a_segmentation_net_gives_class_shares_and_a_mask(tmp_path, m
     assert cli.main(args + ["--draw", str(tmp_path / "mask.bmpx")]) == 1
     assert capsys.readouterr().err.endswith("mask.bmpx: unknown image extension; name the drawing .png or .jpg\n")
     assert not (tmp_path / "mask.bmpx").exists()
+
+
+def test_zoo_run_of_a_detector_without_detection_output_is_one_line(tmp_path, monkeypatch, capsys):
+    """UltraFace ends in per-prior scores and boxes (its publisher decodes them in Python): said, not guessed."""
+    weights = shared_dir() / "corpus" / "ultraface_rfb320" / "RFB-320.caffemodel"
+    if not weights.is_file():
+        pytest.skip(f"{weights} is missing")
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
+    image = tmp_path / "faces.png"
+    _faces(image)
+    assert cli.main(["run", "ultraface_rfb320", str(image), "--weights", str(weights)]) == 1
+    assert capsys.readouterr().err.endswith("this detector's outputs are raw per-prior scores and boxes, with no "
+                                            "DetectionOutput layer to decode them; decode them as its publisher's "
+                                            "script does\n")

@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     from zoo.inference.scene import output_kind
     task = card.task if card is not None else None  # a card says; else the output's shape
     kind = output_kind(task, sess.get_outputs()[0].shape if task is None else ())
+    if kind == "detection" and sess.get_outputs()[0].shape[-1] != 7:
+        raise CommandError(f"{path}: this detector's outputs are raw per-prior scores and boxes, with no "
+                           f"DetectionOutput layer to decode them; decode them as its publisher's script does")
     if kind != "classification":
         return _scene(args, sess, transform, images, labels, kind)
     if args.draw is not None:
