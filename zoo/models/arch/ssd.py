@@ -1,6 +1,7 @@
 """SSD detectors (weiliu89/caffe's ssd branch): a backbone, then per source map a loc and a conf
 convolution (permuted to NHWC and flattened), its PriorBox on the image, the three concatenated, a
-softmax over the classes and DetectionOutput. YuFaceDetectNet v1 (ShiqiYu/libfacedetection)."""
+softmax over the classes and DetectionOutput. YuFaceDetectNet v1 (ShiqiYu/libfacedetection) and
+chuanqi305's MobileNet-SSD (its deploy release, BatchNorm merged into the convolutions)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -12,13 +13,13 @@ NHWC = {"order": [0, 2, 3, 1]}
 VARIANCE = [0.1, 0.1, 0.2, 0.2]
 
 
-def _head(n: Net, x: str, prefix: str, boxes: int, classes: int, suffix: str = "", **priorbox: Any) -> tuple[str, ...]:
+def _head(n: Net, x: str, prefix: str, boxes: int, classes: int, conv: dict, suffix: str = "",
+          **priorbox: Any) -> tuple[str, ...]:
     """One source map's (loc, conf, priorbox) tops: ``boxes`` priors per cell, each with 4 offsets and
-    ``classes`` scores."""
+    ``classes`` scores, from convolutions with the parameters ``conv``."""
     flat = []
     for kind, channels in (("loc", 4 * boxes), ("conf", classes * boxes)):
-        y = n.conv(f"{prefix}_mbox_{kind}{suffix}", x, num_output=channels, bias_term=False, pad=1, kernel_size=3,
-                   stride=1)
+        y = n.conv(f"{prefix}_mbox_{kind}{suffix}", x, num_output=channels, **conv)
         y = n.layer("Permute", f"{prefix}_mbox_{kind}_perm", y, **NHWC)
         flat.append(n.layer("Flatten", f"{prefix}_mbox_{kind}_flat", y, axis=1))
     box = n.layer("PriorBox", f"{prefix}_mbox_priorbox", [x, "data"], **priorbox)
@@ -45,6 +46,7 @@ def _detection_output(n: Net, heads: Sequence[tuple[str, ...]], classes: int, tr
 # (block, output channels of its 3x3 convs, whether it has a third pair): conv<b>_1 3x3, conv<b>_2 1x1, [conv<b>_3 3x3]
 YU_BLOCKS = ((1, 16, False), (2, 16, False), (3, 32, True), (4, 64, True), (5, 128, True), (6, 128, True))
 # (source, min sizes, step): the four detection sources
+YU_HEAD = {"bias_term": False, "pad": 1, "kernel_size": 3, "stride": 1}
 YU_SOURCES = (("conv3_3", (10.0, 16.0, 24.0), 8.0), ("conv4_3", (32.0, 48.0), 16.0),
               ("conv5_3", (64.0, 96.0), 32.0), ("conv6_3", (128.0, 192.0, 256.0), 64.0))
 
@@ -65,9 +67,45 @@ def yufacedetectnet_v1():
     heads = []
     for source, sizes, step in YU_SOURCES:
         x = n.layer("Normalize", f"{source}_norm", source, across_spatial=False, channel_shared=False)
-        heads.append(_head(n, x, f"{source}_norm", len(sizes), 2, "_new" if source == "conv3_3" else "",
+        heads.append(_head(n, x, f"{source}_norm", len(sizes), 2, YU_HEAD, "_new" if source == "conv3_3" else "",
                            min_size=list(sizes), clip=False, variance=VARIANCE, step=step, offset=0.5))
     _detection_output(n, heads, 2, {"mean_value": [103.94, 116.78, 123.68]}, num_classes=2, share_location=True, background_label_id=0,
                       nms_param={"nms_threshold": 0.15, "top_k": 100}, code_type="CENTER_SIZE", keep_top_k=50,
                       confidence_threshold=0.01, visualize=False, visualize_threshold=0.3)
+    return n.proto
+
+
+# (output channels of the 1x1 conv, stride of the depthwise conv before it): conv1 .. conv13
+MSSD_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), *((512, 1),) * 5, (1024, 2), (1024, 1))
+# the extra layers conv14 .. conv17: (1x1 channels, strided 3x3 channels)
+MSSD_EXTRAS = ((256, 512), (128, 256), (128, 256), (64, 128))
+# (source, min size, max size): SSD300's scales; conv11 has 3 priors (no max size, aspect ratio 2), the rest 6
+MSSD_SOURCES = (("conv11", 60.0, None), ("conv13", 105.0, 150.0), ("conv14_2", 150.0, 195.0),
+                ("conv15_2", 195.0, 240.0), ("conv16_2", 240.0, 285.0), ("conv17_2", 285.0, 300.0))
+
+
+@register("mobilenet_ssd")
+def mobilenet_ssd():
+    n = Net("MobileNet-SSD", (1, 3, 300, 300), input_layer="input")
+    x = n.relu("conv0/relu", n.conv("conv0", "data", num_output=32, pad=1, kernel_size=3, stride=2))
+    channels = 32
+    for b, (out, stride) in enumerate(MSSD_BLOCKS, start=1):
+        strided = {"stride": stride} if stride != 1 else {}
+        x = n.conv(f"conv{b}/dw", x, num_output=channels, pad=1, kernel_size=3, group=channels, **strided,
+                   engine="CAFFE")
+        x = n.relu(f"conv{b}/dw/relu", x)
+        x = n.relu(f"conv{b}/relu", n.conv(f"conv{b}", x, num_output=out, kernel_size=1))
+        channels = out
+    for b, (squeeze, out) in enumerate(MSSD_EXTRAS, start=14):
+        x = n.relu(f"conv{b}_1/relu", n.conv(f"conv{b}_1", x, num_output=squeeze, kernel_size=1))
+        x = n.relu(f"conv{b}_2/relu", n.conv(f"conv{b}_2", x, num_output=out, pad=1, kernel_size=3, stride=2))
+    heads = []
+    for source, low, high in MSSD_SOURCES:
+        ratios = [2.0] if high is None else [2.0, 3.0]
+        sizes = {"min_size": low} if high is None else {"min_size": low, "max_size": high}
+        heads.append(_head(n, source, source, 3 if high is None else 6, 21, {"kernel_size": 1}, **sizes,
+                           aspect_ratio=ratios, flip=True, clip=False, variance=VARIANCE, offset=0.5))
+    _detection_output(n, heads, 21, num_classes=21, share_location=True, background_label_id=0,
+                      nms_param={"nms_threshold": 0.45, "top_k": 100}, code_type="CENTER_SIZE", keep_top_k=100,
+                      confidence_threshold=0.25)
     return n.proto
