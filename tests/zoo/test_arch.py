@@ -76,6 +76,7 @@ REFERENCES: dict[str, tuple[Reference, ...]] = {
     "yufacedetectnet_v1": _same("yufacedetectnet_v1", "yufacedetectnet-open-v1.prototxt"),
     "ultraface_rfb320": _same("ultraface_rfb320", "RFB-320.prototxt"),
     "mobilenet_ssd": _same("mobilenet_ssd", "MobileNetSSD_deploy.prototxt"),
+    "se_resnet50": _same("se_resnet50", "SE-ResNet-50.prototxt"),
     "mobilenet_v2": _same("mobilenet_v2", "mobilenet_v2_deploy.prototxt"),
     "densenet121": _same("densenet121", "DenseNet_121.prototxt"),
     "inception_v3": _same("inception_v3", "deploy_inception-v3.prototxt"),
