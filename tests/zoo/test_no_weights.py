@@ -51,3 +51,12 @@ def test_a_net_with_parameters_still_asks_for_its_weights(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(CaffeError, match="loading it needs the trained weights: pass weights=MODEL.caffemodel"):
         zoo.load(str(net))
+
+
+def test_converters_verify_stays_the_function_after_compare_and_random_inputs():
+    """`zoo convert` then `zoo verify` in one process: the lazy submodule import once replaced it."""
+    import converters
+    from prototxt import build_graph, read_net
+    graph = build_graph(read_net(_layer_net("permute_orders"))[0])
+    converters.compare(*converters.random_inputs(graph) * 2)
+    assert callable(converters.verify) and converters.verify(graph).ok
