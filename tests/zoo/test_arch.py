@@ -73,7 +73,7 @@ REFERENCES: dict[str, tuple[Reference, ...]] = {
     "resnet152": _same("resnet152", "ResNet-152-deploy.prototxt"),
     "nin_imagenet": (Reference("nin_imagenet/train_val.prototxt", training_net=True),),
     "mobilenet_v1": _same("mobilenet_v1", "mobilenet_deploy.prototxt"),
-    "yufacedetectnet_v1": _same("yufacedetectnet_v1", "yufacedetectnet-open-v1.prototxt"),
+    **{f"yufacedetectnet_v{v}": _same(f"yufacedetectnet_v{v}", f"yufacedetectnet-open-v{v}.prototxt") for v in (1, 2)},
     "ultraface_rfb320": _same("ultraface_rfb320", "RFB-320.prototxt"),
     "mobilenet_ssd": _same("mobilenet_ssd", "MobileNetSSD_deploy.prototxt"),
     "se_resnet50": _same("se_resnet50", "SE-ResNet-50.prototxt"),

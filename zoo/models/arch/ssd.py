@@ -1,6 +1,6 @@
 """SSD detectors (weiliu89/caffe's ssd branch): a backbone, then per source map a loc and a conf
 convolution (permuted to NHWC and flattened), its PriorBox on the image, the three concatenated, a
-softmax over the classes and DetectionOutput. YuFaceDetectNet v1 (ShiqiYu/libfacedetection) and
+softmax over the classes and DetectionOutput. YuFaceDetectNet v1 and v2 (ShiqiYu/libfacedetection) and
 chuanqi305's MobileNet-SSD (its deploy release, BatchNorm merged into the convolutions)."""
 from __future__ import annotations
 
@@ -43,23 +43,29 @@ def _detection_output(n: Net, heads: Sequence[tuple[str, ...]], classes: int, tr
     return out
 
 
-# (block, output channels of its 3x3 convs, whether it has a third pair): conv<b>_1 3x3, conv<b>_2 1x1, [conv<b>_3 3x3]
-YU_BLOCKS = ((1, 16, False), (2, 16, False), (3, 32, True), (4, 64, True), (5, 128, True), (6, 128, True))
-# (source, min sizes, step): the four detection sources
+# (block, output channels of its 3x3 convs, of its 1x1 conv, whether it has a third conv):
+# conv<b>_1 3x3, conv<b>_2 1x1, [conv<b>_3 3x3]; v2 widens the 3x3s of the first four blocks
+YU_V1 = ((1, 16, 16, False), (2, 16, 16, False), (3, 32, 32, True), (4, 64, 64, True), (5, 128, 128, True),
+         (6, 128, 128, True))
+YU_V2 = ((1, 32, 16, False), (2, 32, 16, False), (3, 64, 32, True), (4, 128, 64, True), (5, 128, 128, True),
+         (6, 128, 128, True))
 YU_HEAD = {"bias_term": False, "pad": 1, "kernel_size": 3, "stride": 1}
+# (source, min sizes, step): the four detection sources
 YU_SOURCES = (("conv3_3", (10.0, 16.0, 24.0), 8.0), ("conv4_3", (32.0, 48.0), 16.0),
               ("conv5_3", (64.0, 96.0), 32.0), ("conv6_3", (128.0, 192.0, 256.0), 64.0))
 
 
-@register("yufacedetectnet_v1")
-def yufacedetectnet_v1():
+@register("yufacedetectnet_v1", blocks=YU_V1, first_suffix="_new")
+@register("yufacedetectnet_v2", blocks=YU_V2, first_suffix="")
+def yufacedetectnet(blocks, first_suffix: str):
+    """``first_suffix``: v1 names the first source's loc and conf convolutions ``..._new``."""
     n = Net("YuFaceDetectNet", (1, 3, 240, 320), input_layer="input")
     x = "data"
-    for b, channels, third in YU_BLOCKS:
+    for b, wide, narrow, third in blocks:
         dilated = {"dilation": 1} if b >= 5 else {}
-        for i, (k, pad) in enumerate(((3, 1), (1, 0), (3, 1))[: 3 if third else 2], start=1):
+        for i, (k, pad, width) in enumerate(((3, 1, wide), (1, 0, narrow), (3, 1, wide))[: 3 if third else 2], 1):
             stride = {"stride": 2} if (b, i) == (1, 1) else {}
-            x = n.conv(f"conv{b}_{i}", x, num_output=channels, bias_term=False, pad=pad, kernel_size=k, **stride,
+            x = n.conv(f"conv{b}_{i}", x, num_output=width, bias_term=False, pad=pad, kernel_size=k, **stride,
                        **dilated)
             x = n.relu(f"relu{b}_{i}", x)
         if b < 6:
@@ -67,7 +73,7 @@ def yufacedetectnet_v1():
     heads = []
     for source, sizes, step in YU_SOURCES:
         x = n.layer("Normalize", f"{source}_norm", source, across_spatial=False, channel_shared=False)
-        heads.append(_head(n, x, f"{source}_norm", len(sizes), 2, YU_HEAD, "_new" if source == "conv3_3" else "",
+        heads.append(_head(n, x, f"{source}_norm", len(sizes), 2, YU_HEAD, first_suffix if source == "conv3_3" else "",
                            min_size=list(sizes), clip=False, variance=VARIANCE, step=step, offset=0.5))
     _detection_output(n, heads, 2, {"mean_value": [103.94, 116.78, 123.68]}, num_classes=2, share_location=True, background_label_id=0,
                       nms_param={"nms_threshold": 0.15, "top_k": 100}, code_type="CENTER_SIZE", keep_top_k=50,
