@@ -75,6 +75,7 @@ REFERENCES: dict[str, tuple[Reference, ...]] = {
     "mobilenet_v1": _same("mobilenet_v1", "mobilenet_deploy.prototxt"),
     **{f"yufacedetectnet_v{v}": _same(f"yufacedetectnet_v{v}", f"yufacedetectnet-open-v{v}.prototxt") for v in (1, 2)},
     "ultraface_rfb320": _same("ultraface_rfb320", "RFB-320.prototxt"),
+    "ultraface_slim320": _same("ultraface_slim320", "slim-320.prototxt"),
     "mobilenet_ssd": _same("mobilenet_ssd", "MobileNetSSD_deploy.prototxt"),
     "se_resnet50": _same("se_resnet50", "SE-ResNet-50.prototxt"),
     "mobilenet_v2": _same("mobilenet_v2", "mobilenet_v2_deploy.prototxt"),

@@ -1,4 +1,4 @@
-"""Linzaer's Ultra-Light-Fast-Generic-Face-Detector-1MB, version RFB at 320x240, as its publisher
+"""Linzaer's Ultra-Light-Fast-Generic-Face-Detector-1MB, versions RFB and slim at 320x240, as its publisher
 converted it from PyTorch through ONNX: BatchNorm folded into the convolutions, every parameter written
 out, and layers named by their ONNX value numbers. `Ids` hands out those numbers the way the export
 did (a folded BatchNorm, a ReLU and the shape nodes before a Reshape each used some)."""
@@ -64,14 +64,16 @@ def _heads(n: Net, ids: Ids, x: str, channels: int, priors: int, separable: bool
     return out[0], out[1]
 
 
-@register("ultraface_rfb320")
-def ultraface_rfb320():
+@register("ultraface_rfb320", first_id=245, rfb=True)
+@register("ultraface_slim320", first_id=185, rfb=False)
+def ultraface(first_id: int, rfb: bool):
+    """version-RFB ends its first stage in a BasicRFB, version-slim in one more depthwise block."""
     n = Net("", (1, 3, 240, 320), input_layer="input", blob="input")
-    ids = Ids(245)
+    ids = Ids(first_id)
     x = _conv(n, ids, "input", 16, stride=2)
     for channels, out, stride in ((16, 32, 1), (32, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 64, 1)):
         x = _dw(n, ids, x, channels, out, stride)
-    x = _rfb(n, ids, x)
+    x = _rfb(n, ids, x) if rfb else _dw(n, ids, x, 64, 64)
     heads = [_heads(n, ids, x, 64, 3)]
     x = _dw(n, ids, x, 64, 128, 2)
     for _ in range(2):
