@@ -77,6 +77,7 @@ REFERENCES: dict[str, tuple[Reference, ...]] = {
     "ultraface_rfb320": _same("ultraface_rfb320", "RFB-320.prototxt"),
     "ultraface_slim320": _same("ultraface_slim320", "slim-320.prototxt"),
     "mobilenet_ssd": _same("mobilenet_ssd", "MobileNetSSD_deploy.prototxt"),
+    "mobilenet_ssd_iter73000": _same("mobilenet_ssd"),
     "se_resnet50": _same("se_resnet50", "SE-ResNet-50.prototxt"),
     "mobilenet_v2": _same("mobilenet_v2", "mobilenet_v2_deploy.prototxt"),
     "densenet121": _same("densenet121", "DenseNet_121.prototxt"),

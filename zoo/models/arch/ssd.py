@@ -90,21 +90,30 @@ MSSD_SOURCES = (("conv11", 60.0, None), ("conv13", 105.0, 150.0), ("conv14_2", 1
                 ("conv15_2", 195.0, 240.0), ("conv16_2", 240.0, 285.0), ("conv17_2", 285.0, 300.0))
 
 
-@register("mobilenet_ssd")
-def mobilenet_ssd():
+@register("mobilenet_ssd", merged=True)
+@register("mobilenet_ssd_iter73000", merged=False)
+def mobilenet_ssd(merged: bool):
+    """``merged``: the deploy release, BatchNorm folded into biased convolutions (depthwise ones with
+    engine CAFFE); else the training-time layout, each convolution unbiased then BatchNorm + Scale."""
     n = Net("MobileNet-SSD", (1, 3, 300, 300), input_layer="input")
-    x = n.relu("conv0/relu", n.conv("conv0", "data", num_output=32, pad=1, kernel_size=3, stride=2))
+
+    def conv_relu(name: str, x: str, **param: Any) -> str:
+        if merged:
+            return n.relu(f"{name}/relu", n.conv(name, x, **param))
+        x = n.conv(name, x, bias_term=False, **{k: v for k, v in param.items() if k != "engine"})
+        return n.relu(f"{name}/relu", n.bn_scale(f"{name}/bn", f"{name}/scale", x))
+
+    x = conv_relu("conv0", "data", num_output=32, pad=1, kernel_size=3, stride=2)
     channels = 32
     for b, (out, stride) in enumerate(MSSD_BLOCKS, start=1):
         strided = {"stride": stride} if stride != 1 else {}
-        x = n.conv(f"conv{b}/dw", x, num_output=channels, pad=1, kernel_size=3, group=channels, **strided,
-                   engine="CAFFE")
-        x = n.relu(f"conv{b}/dw/relu", x)
-        x = n.relu(f"conv{b}/relu", n.conv(f"conv{b}", x, num_output=out, kernel_size=1))
+        x = conv_relu(f"conv{b}/dw", x, num_output=channels, pad=1, kernel_size=3, group=channels, **strided,
+                      engine="CAFFE")
+        x = conv_relu(f"conv{b}", x, num_output=out, kernel_size=1)
         channels = out
     for b, (squeeze, out) in enumerate(MSSD_EXTRAS, start=14):
-        x = n.relu(f"conv{b}_1/relu", n.conv(f"conv{b}_1", x, num_output=squeeze, kernel_size=1))
-        x = n.relu(f"conv{b}_2/relu", n.conv(f"conv{b}_2", x, num_output=out, pad=1, kernel_size=3, stride=2))
+        x = conv_relu(f"conv{b}_1", x, num_output=squeeze, kernel_size=1)
+        x = conv_relu(f"conv{b}_2", x, num_output=out, pad=1, kernel_size=3, stride=2)
     heads = []
     for source, low, high in MSSD_SOURCES:
         ratios = [2.0] if high is None else [2.0, 3.0]
