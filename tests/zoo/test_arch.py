@@ -79,6 +79,7 @@ REFERENCES: dict[str, tuple[Reference, ...]] = {
     "mobilenet_ssd": _same("mobilenet_ssd", "MobileNetSSD_deploy.prototxt"),
     "mobilenet_ssd_iter73000": _same("mobilenet_ssd"),
     "se_resnet50": _same("se_resnet50", "SE-ResNet-50.prototxt"),
+    "segnet_driving_webdemo": _same("segnet", "segnet_model_driving_webdemo.prototxt"),
     "mobilenet_v2": _same("mobilenet_v2", "mobilenet_v2_deploy.prototxt"),
     "densenet121": _same("densenet121", "DenseNet_121.prototxt"),
     "inception_v3": _same("inception_v3", "deploy_inception-v3.prototxt"),
@@ -153,6 +154,8 @@ def test_card_architecture_builds_with_every_shape_known(card):
     if card.num_classes is not None and producer is not None and producer.type == "DetectionOutput":
         # rows of boxes [1, 1, N, 7]: the classes are the layer's parameter
         assert producer.proto.detection_output_param.num_classes == card.num_classes
+    elif card.num_classes is not None and producer is not None and producer.type == "ArgMax":  # a class map
+        assert graph.values[producer.bottoms[0]].shape[1] == card.num_classes
     elif card.num_classes is not None and len(graph.values[first].shape) == 3:  # a score row per prior (UltraFace)
         assert graph.values[first].shape[-1] == card.num_classes
     elif card.num_classes is not None:  # the first output's channels are the classes (prob, fc-rcnn, pool4...)

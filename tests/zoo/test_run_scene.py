@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import make_weights, shared_dir
 from zoo import cli
-from zoo.inference.scene import class_shares, detections, output_kind
+from zoo.inference.scene import class_map, class_shares, detections, output_kind
 
 FORK = "reference/fork_caffe/models"
 
@@ -89,6 +89,12 @@ def test_detection_rows_become_boxes_in_pixels_of_the_original_image():
     assert detections(rows, 1, (10, 10), [], 0.5)[0]["box"] == [0.0, 5.0, 5.0, 10.0]  # clipped to the image
     assert detections(rows, 0, (10, 10), [], 0.3)[2]["label"] == "2"
     assert detections(rows, 2, (10, 10), [], 0.0) == []  # Caffe's "nothing found" row
+
+
+def test_a_class_map_is_the_best_score_or_an_argmax_output():
+    scores = np.array([[[0.1, 0.9]], [[0.8, 0.05]], [[0.1, 0.05]]])  # (K=3, H=1, W=2)
+    assert class_map(scores).tolist() == [[1, 0]]
+    assert class_map(np.array([[[2.0, 7.0]]])).tolist() == [[2, 7]]  # SegNet's web demo ends in ArgMax
 
 
 def test_class_shares_count_pixels():

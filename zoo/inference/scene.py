@@ -54,6 +54,14 @@ def detections(rows: np.ndarray, image: int, size: tuple[int, int], labels: Sequ
     return found
 
 
+def class_map(scores: np.ndarray) -> np.ndarray:
+    """The (H, W) class of each pixel: the best of K scores (K, H, W), or the indices of a net that ends
+    in ArgMax (1, H, W), as SegNet's web demo does."""
+    if scores.shape[0] == 1:
+        return np.rint(scores[0]).astype(np.int64)
+    return np.argmax(scores, axis=0).astype(np.int64)
+
+
 def class_shares(classes: np.ndarray, labels: Sequence[str], num_classes: int) -> list[dict]:
     """Each class present in a class map with its share of the pixels, largest first."""
     counts = np.bincount(classes.ravel(), minlength=num_classes)
@@ -80,8 +88,8 @@ def analyse(sess: Any, transform: Transform, images: Sequence[Path], labels: Seq
                 result["detections"] = detections(out, i, size, labels, threshold)
                 maps.append(None)
             else:
-                classes = np.argmax(out[i], axis=0).astype(np.int64)
-                result["classes"] = class_shares(classes, labels, out.shape[1])
+                classes = class_map(out[i])
+                result["classes"] = class_shares(classes, labels, max(out.shape[1], int(classes.max()) + 1))
                 maps.append(classes)
             results.append(result)
         if progress is not None:
