@@ -9,6 +9,6 @@ trains). Input batch sizes are the publishers' (10 for the BVLC-era nets, 1 for 
 """
 from ._registry import UnknownArchitecture, build, names, register, write_prototxt
 from . import (alexnet, densenet, googlenet, inception_v3, mobilenet, mtcnn, nin, resnet,  # noqa: F401,E402
-               segnet, senet, squeezenet, ssd, ultraface, vgg)  # importing a family registers its nets
+               pspnet, segnet, senet, squeezenet, ssd, ultraface, vgg)  # importing a family registers its nets
 
 __all__ = ["UnknownArchitecture", "build", "names", "register", "write_prototxt"]
