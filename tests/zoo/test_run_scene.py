@@ -189,3 +189,20 @@ def test_zoo_run_of_a_detector_without_detection_output_is_one_line(tmp_path, mo
     assert capsys.readouterr().err.endswith("this detector's outputs are raw per-prior scores and boxes, with no "
                                             "DetectionOutput layer to decode them; decode them as its publisher's "
                                             "script does\n")
+
+
+def test_draw_of_several_images_fills_a_folder(tmp_path, monkeypatch, capsys, weights_cache):
+    folder = _fixture("segnet_basic_inference")
+    weights = make_weights(folder, "layer", weights_cache[0])
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
+    images = tmp_path / "photos"
+    images.mkdir()
+    for name in ("a", "b"):
+        _faces(images / f"{name}.png", (96, 72))
+    out = tmp_path / "drawn"
+    assert cli.main(["run", str(folder / "net.prototxt"), str(images), "--weights", str(weights), "--batch", "2",
+                     "--draw", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if not line.startswith(" ")] == [f"{images / 'a.png'} (96x72)",
+                                                                  f"{images / 'b.png'} (96x72)"]
