@@ -80,6 +80,7 @@ REFERENCES: dict[str, tuple[Reference, ...]] = {
     "mobilenet_ssd_iter73000": _same("mobilenet_ssd"),
     "se_resnet50": _same("se_resnet50", "SE-ResNet-50.prototxt"),
     "segnet_driving_webdemo": _same("segnet", "segnet_model_driving_webdemo.prototxt"),
+    "enet_cityscapes": _same("enet", "enet_deploy_final.prototxt"),
     "pspnet50_ade20k": _same("pspnet50_ade20k", "pspnet50_ADE20K_473.prototxt"),
     "pspnet101_voc2012": _same("pspnet101_voc2012", "pspnet101_VOC2012_473.prototxt"),
     "mobilenet_v2": _same("mobilenet_v2", "mobilenet_v2_deploy.prototxt"),
