@@ -13,18 +13,22 @@ CACHE = Path(os.environ.get("ZOO_BENCH_CACHE", Path(tempfile.gettempdir()) / "ca
 
 
 def fixture(name: str) -> tuple[Path, Path, dict]:
-    """(net.prototxt, caffemodel, io arrays) of a reference model fixture, writing its weights once."""
-    folder = SHARED / "reference" / "models" / name
+    """(net.prototxt, caffemodel, io arrays) of a reference model fixture, writing its weights once.
+    ``name``: a folder of reference/models, or a path under reference/ (``fork/mobilenet_ssd_deploy_merged_bn``);
+    a fixture whose net is a corpus file names it in ``source``."""
+    folder = SHARED / "reference" / ("models" if "/" not in name else "") / name
     if not folder.exists():
         sys.exit(f"{folder} not found: the benchmarks need ../shared/reference beside the repository")
     CACHE.mkdir(parents=True, exist_ok=True)
-    weights = CACHE / f"{name}.caffemodel"
+    weights = CACHE / f"{name.replace('/', '__')}.caffemodel"
     if not weights.exists():
         subprocess.run([sys.executable, str(SHARED / "tools" / "make_weights.py"), str(folder / "recipe.json"),
                         str(weights)], check=True)
     import numpy as np
     io = np.load(folder / "io.npz")
-    return folder / "net.prototxt", weights, {k: io[k] for k in io.files}
+    source = folder / "source"
+    prototxt = SHARED / source.read_text().strip() if source.is_file() else folder / "net.prototxt"
+    return prototxt, weights, {k: io[k] for k in io.files}
 
 
 def median(xs):

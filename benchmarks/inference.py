@@ -1,10 +1,14 @@
 """Inference speed of a converted net: onnxruntime (the converted ONNX, all graph optimisations,
 explicit threads) vs the PyTorch module vs OpenCV dnn's own Caffe importer, in one run, as ratios.
 
-    python benchmarks/inference.py [--threads 2] [--repeat 20] [--models bvlc_googlenet,bvlc_alexnet,resnet50]
+    python benchmarks/inference.py [--threads 2] [--repeat 20] [--models bvlc_googlenet,bvlc_alexnet,resnet50,
+                                    fork/mobilenet_ssd_deploy_merged_bn]
 
 Needs the `bench` extra (opencv-python-headless<5: OpenCV 5 dropped the Caffe importer).
-Targets (issue 3): onnxruntime >= 1.3x OpenCV dnn on googlenet and ResNet-50, >= 1x on AlexNet.
+Targets (issue 3): onnxruntime >= 1.3x OpenCV dnn on googlenet and ResNet-50, >= 1x on AlexNet; (issue 11)
+>= 1.3x on MobileNet-SSD, its DetectionOutput included in every backend's time (the net's own output).
+No SegNet here: OpenCV dnn cannot read SegNet's fork layers (BN with bn_mode, the mask Upsample), so
+there is nothing to compare it with in the same run.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--models", default="bvlc_googlenet,bvlc_alexnet,resnet50")
+    parser.add_argument("--models", default="bvlc_googlenet,bvlc_alexnet,resnet50,fork/mobilenet_ssd_deploy_merged_bn")
     parser.add_argument("--batches", default="1,16")
     args = parser.parse_args()
     import cv2
@@ -56,7 +60,7 @@ def main() -> None:
     for name in args.models.split(","):
         prototxt, weights, _ = fixture(name)
         graph = load_net(prototxt, weights)
-        onnx_path = Path(tmp) / f"{name}.onnx"
+        onnx_path = Path(tmp) / f"{name.replace('/', '_')}.onnx"
         model, arrays = build(graph)
         write_model(model, arrays, onnx_path)
         sess = session(str(onnx_path), device="cpu", threads=args.threads)
@@ -79,7 +83,7 @@ def main() -> None:
                 net.setInput(x)
                 net.forward()
             t_cv = bench(run_cv, args.repeat)
-            print(f"{name:<16}{batch:>6}{t_ort * 1e3:>13.1f}{t_pt * 1e3:>10.1f}{t_cv * 1e3:>10.1f}"
+            print(f"{Path(name).name[:15]:<16}{batch:>6}{t_ort * 1e3:>13.1f}{t_pt * 1e3:>10.1f}{t_cv * 1e3:>10.1f}"
                   f"{t_cv / t_ort:>10.2f}x{t_pt / t_ort:>10.2f}x")
 
 

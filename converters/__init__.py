@@ -11,6 +11,10 @@
 The ONNX and folder paths never import torch: ``to_pytorch`` and ``verify`` import it lazily.
 """
 from .registry import InferenceIO, LayerImpl, implementation, inference_io, register_layer, registered_types
+# Loaded now (numpy only, no torch): a first `from .verify import ...` inside a function would set the
+# package's attribute `verify` to the submodule, and `converters.verify(...)` after `converters.compare`
+# or `random_inputs` in one process was "'module' object is not callable" (zoo convert then zoo verify).
+from . import verify as _verify_module
 
 # The layer families register shape rules for fork types (PriorBox, ...): do it now, so that a net
 # loaded after `import converters` has its shapes.
@@ -55,19 +59,16 @@ def run_pytorch(module, inputs):
 
 def random_inputs(graph, seed=0):
     """One seeded array per net input (image-like values for 4-D inputs), as ``verify`` uses."""
-    from .verify import random_inputs as _random_inputs
-    return _random_inputs(graph, seed)
+    return _verify_module.random_inputs(graph, seed)
 
 
 def compare(got, ref, rtol=1e-4):
     """(largest |got - ref|, whether they agree within rtol and atol = rtol * max(1, max|ref|))."""
-    from .verify import compare as _compare
-    return _compare(got, ref, rtol)
+    return _verify_module.compare(got, ref, rtol)
 
 
 def verify(graph, inputs=None, blobs=None, **kwargs):
-    from .verify import verify as _verify
-    return _verify(graph, inputs=inputs, blobs=blobs, **kwargs)
+    return _verify_module.verify(graph, inputs=inputs, blobs=blobs, **kwargs)
 
 
 __all__ = ["to_onnx", "save_onnx", "to_pytorch", "export_folder", "verify", "compare", "run_pytorch", "random_inputs",

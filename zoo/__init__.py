@@ -41,8 +41,7 @@ def load(model: str, *, weights: Optional[os.PathLike | str] = None, backend: st
         raise CaffeError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     from zoo.hub.resolve import resolve
     resolved = resolve(model, weights=weights)
-    if resolved.weights is None:
-        raise CaffeError(f"{resolved.source}: loading it needs the trained weights: pass weights=MODEL.caffemodel")
+    resolved.require_weights("loading it", how="weights=MODEL.caffemodel")
     if backend == "onnxruntime":
         from zoo.inference.classify import cached_onnx
         from zoo.inference.runtime import session

@@ -12,11 +12,13 @@ type, bottoms, tops and every parameter message (the Input layer's shape with it
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
 import pytest
 
+import converters  # noqa: F401  (the fork layer types' shape rules: SSD cards)
 from prototxt import attach_weights, build_graph, caffe_pb2, read_net
 from prototxt.text import to_text
 from tests.helpers import SHARED, shared_dir, shared_params
@@ -71,6 +73,16 @@ REFERENCES: dict[str, tuple[Reference, ...]] = {
     "resnet152": _same("resnet152", "ResNet-152-deploy.prototxt"),
     "nin_imagenet": (Reference("nin_imagenet/train_val.prototxt", training_net=True),),
     "mobilenet_v1": _same("mobilenet_v1", "mobilenet_deploy.prototxt"),
+    **{f"yufacedetectnet_v{v}": _same(f"yufacedetectnet_v{v}", f"yufacedetectnet-open-v{v}.prototxt") for v in (1, 2)},
+    "ultraface_rfb320": _same("ultraface_rfb320", "RFB-320.prototxt"),
+    "ultraface_slim320": _same("ultraface_slim320", "slim-320.prototxt"),
+    "mobilenet_ssd": _same("mobilenet_ssd", "MobileNetSSD_deploy.prototxt"),
+    "mobilenet_ssd_iter73000": _same("mobilenet_ssd"),
+    "se_resnet50": _same("se_resnet50", "SE-ResNet-50.prototxt"),
+    "segnet_driving_webdemo": _same("segnet", "segnet_model_driving_webdemo.prototxt"),
+    "enet_cityscapes": _same("enet", "enet_deploy_final.prototxt"),
+    "pspnet50_ade20k": _same("pspnet50_ade20k", "pspnet50_ADE20K_473.prototxt"),
+    "pspnet101_voc2012": _same("pspnet101_voc2012", "pspnet101_VOC2012_473.prototxt"),
     "mobilenet_v2": _same("mobilenet_v2", "mobilenet_v2_deploy.prototxt"),
     "densenet121": _same("densenet121", "DenseNet_121.prototxt"),
     "inception_v3": _same("inception_v3", "deploy_inception-v3.prototxt"),
@@ -140,8 +152,17 @@ def test_card_architecture_builds_with_every_shape_known(card):
     assert list(graph.input_shapes) == [card.input.blob]
     assert graph.input_shapes[card.input.blob][1:] == card.input.shape  # any batch size
     assert sorted(graph.values[v].caffe_name for v in graph.outputs) == sorted(card.outputs)
-    if card.num_classes is not None:  # the first output's channels are the classes (prob, fc-rcnn, pool4...)
-        assert graph.values[graph.final_value(card.outputs[0])].shape[1] == card.num_classes
+    first = graph.final_value(card.outputs[0])
+    producer = next((l for l in graph.layers if l.name == graph.values[first].producer), None)
+    if card.num_classes is not None and producer is not None and producer.type == "DetectionOutput":
+        # rows of boxes [1, 1, N, 7]: the classes are the layer's parameter
+        assert producer.proto.detection_output_param.num_classes == card.num_classes
+    elif card.num_classes is not None and producer is not None and producer.type == "ArgMax":  # a class map
+        assert graph.values[producer.bottoms[0]].shape[1] == card.num_classes
+    elif card.num_classes is not None and len(graph.values[first].shape) == 3:  # a score row per prior (UltraFace)
+        assert graph.values[first].shape[-1] == card.num_classes
+    elif card.num_classes is not None:  # the first output's channels are the classes (prob, fc-rcnn, pool4...)
+        assert graph.values[first].shape[1] == card.num_classes
 
 
 @card_params
@@ -220,3 +241,16 @@ def test_convert_by_model_name_uses_the_built_in_architecture(tmp_path, capsys):
     assert main(["convert", "mtcnn_det1", "--weights", str(weights), "-o", str(tmp_path)]) == 0
     assert (tmp_path / "mtcnn_det1.onnx").is_file() and (tmp_path / "mtcnn_det1_pytorch" / "model.py").is_file()
     assert "prob1: max |pytorch - onnxruntime|" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name_and_path", shared_params(CORPUS_WEIGHTS, ids=[n for n, _ in CORPUS_WEIGHTS]))
+def test_card_checksums_match_the_corpus_copy(name_and_path):
+    """Where the corpus holds a card's caffemodel, every digest and the size on the card are its own
+    (for the fork face detectors the corpus file is the publisher's, by git blob id)."""
+    from zoo.hub.download import file_digest
+    name, path = name_and_path
+    weights = CARDS[name].weights
+    if weights.size is not None:
+        assert Path(path).stat().st_size == weights.size
+    for algorithm, digest in (weights.checksum or {}).items():
+        assert file_digest(path, algorithm) == digest, f"{name}: {algorithm} of {path}"

@@ -230,7 +230,8 @@ def test_the_cached_onnx_file_follows_the_weights(tmp_path, monkeypatch):
 
 def test_zoo_run_on_a_prototxt_without_weights_is_one_line(tmp_path, capsys):
     net = tmp_path / "net.prototxt"
-    net.write_text('name: "n"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n')
+    net.write_text('name: "n"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+                   'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 2 } }\n')
     image = _photo(tmp_path / "a.png", (8, 8))
     assert cli.main(["run", str(net), str(image)]) == 1
     assert capsys.readouterr().err.strip().endswith("running it needs the trained weights: pass --weights "

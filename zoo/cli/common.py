@@ -64,13 +64,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_model(args: argparse.Namespace):
-    """The model the arguments name (zoo.hub.resolve), with trained weights."""
+    """The model the arguments name (zoo.hub.resolve), with trained weights when its net has parameters."""
     from zoo.hub.resolve import resolve
     if (args.model is None) == (args.card is None):
         raise UsageError("give a deploy .prototxt or a model NAME, or --card FILE (one of them)")
     model = resolve(args.model, card=args.card, weights=args.weights)
     if model.status and not model.status.startswith("verified"):
         note(f"{model.card.name}: {model.status}")
-    if model.weights is None:
-        raise CommandError(f"{model.source}: conversion needs the trained weights: pass --weights MODEL.caffemodel")
+    model.require_weights("conversion", dict(args.input_shape) or None)
     return model

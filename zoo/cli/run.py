@@ -1,19 +1,24 @@
-"""`zoo run`: classify images with a zoo model or a converted .onnx file, through onnxruntime."""
+"""`zoo run`: classify images, or find the objects or classes of their pixels, with a zoo model or a
+converted .onnx file, through onnxruntime."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from pathlib import Path
 
 from zoo.cli.common import CommandError, note
 
-HELP = "classify images with a zoo model or a converted .onnx through onnxruntime (CUDA or CPU)"
+HELP = ("classify images, or detect objects / segment them, with a zoo model or a converted .onnx through "
+        "onnxruntime (CUDA or CPU)")
 EXAMPLES = """\
 examples:
   zoo run bvlc_googlenet cat.jpg dog.jpg
   zoo run bvlc_googlenet --weights bvlc_googlenet.caffemodel photos/ --batch 16 --top 3
   zoo run out/GoogleNet.onnx cat.jpg --card my_card.json
   zoo run bvlc_alexnet cat.jpg --device cuda --json
+  zoo run yufacedetectnet_v1 people.jpg --threshold 0.6 --draw faces.png
+  zoo run segnet.onnx street.png --card segnet.json --draw street_classes.png
 """
 
 
@@ -27,6 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="onnxruntime device (default auto: CUDA when it really works)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="detection nets: the lowest confidence of a box shown (default 0.5)")
+    p.add_argument("--draw", metavar="OUT", type=Path,
+                   help="detection and segmentation nets: write the image with the boxes drawn, or the class "
+                        "mask blended over it, to OUT (.png/.jpg; a folder of OUT/NAME.png for several images)")
 
 
 def _onnx_file(args: argparse.Namespace) -> tuple[str, object]:
@@ -39,14 +49,11 @@ def _onnx_file(args: argparse.Namespace) -> tuple[str, object]:
     from zoo.hub.resolve import resolve
     from zoo.inference.classify import cached_onnx
     model = resolve(None if args.card else args.model, card=args.card, weights=args.weights)
-    if model.weights is None:
-        raise CommandError(f"{model.source}: running it needs the trained weights: pass --weights MODEL.caffemodel")
+    model.require_weights("running it")
     return cached_onnx(model), model.card
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from zoo.inference.classify import classify
     from zoo.inference.image import find_images
     from zoo.inference.runtime import session
@@ -61,11 +68,18 @@ def run(args: argparse.Namespace) -> int:
         transform, labels = Transform.plain((h, w), c), []
         note(f"no card: resizing to {h}x{w}, BGR, mean {'/'.join(f'{m:g}' for m in transform.mean)} (pass --card "
              f"for the model's own preprocessing)")
-    bar = tqdm(total=len(images), unit="img", disable=len(images) < 2 * max(1, args.batch) or args.json)
-    try:
+    from zoo.inference.scene import output_kind
+    task = card.task if card is not None else None  # a card says; else the output's shape
+    kind = output_kind(task, sess.get_outputs()[0].shape if task is None else ())
+    if kind == "detection" and sess.get_outputs()[0].shape[-1] != 7:
+        raise CommandError(f"{path}: this detector's outputs are raw per-prior scores and boxes, with no "
+                           f"DetectionOutput layer to decode them; decode them as its publisher's script does")
+    if kind != "classification":
+        return _scene(args, sess, transform, images, labels, kind)
+    if args.draw is not None:
+        raise CommandError(f"{path}: --draw shows boxes or class masks, and this net's output is class scores")
+    with _progress(args, images) as bar:
         results, softmaxed = classify(sess, transform, images, labels, args.top, args.batch, bar.update)
-    finally:
-        bar.close()
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -75,4 +89,41 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {t['probability']:.4f}  {t['label']}")
     if softmaxed:
         note("the model's output is not a probability: softmax applied")
+    return 0
+
+
+def _progress(args: argparse.Namespace, images: list):
+    from tqdm import tqdm
+    return tqdm(total=len(images), unit="img", disable=len(images) < 2 * max(1, args.batch) or args.json)
+
+
+def _scene(args: argparse.Namespace, sess, transform, images: list, labels: list, kind: str) -> int:
+    """A detection or segmentation net: boxes above the threshold, or each class's share of the pixels."""
+    from zoo.inference import overlay
+    from zoo.inference.scene import analyse
+    with _progress(args, images) as bar:
+        results, maps = analyse(sess, transform, images, labels, kind, args.threshold, args.batch, bar.update)
+    if args.draw is not None:
+        num_classes = max(len(labels), 1 + max((int(m.max()) for m in maps if m is not None), default=0))
+        for result, classes, out in zip(results, maps, overlay.drawing_paths(args.draw, images)):
+            if classes is None:
+                overlay.draw_boxes(Path(result["image"]), result["detections"], out)
+            else:
+                overlay.blend_mask(Path(result["image"]), classes, num_classes, out)
+            if not args.json:
+                note(f"wrote {out}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(f"{r['image']} ({r['size'][0]}x{r['size'][1]})")
+        if kind == "detection":
+            for d in r["detections"]:
+                x0, y0, x1, y1 = d["box"]
+                print(f"  {d['confidence']:.4f}  {d['label']}  [{x0:g}, {y0:g}, {x1:g}, {y1:g}]")
+            if not r["detections"]:
+                print(f"  nothing at or above {args.threshold:g}")
+        else:
+            for c in r["classes"]:
+                print(f"  {100 * c['share']:6.2f}%  {c['label']}")
     return 0

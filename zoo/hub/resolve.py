@@ -37,6 +37,18 @@ class Model:
             check_weights_match(graph, self.source, self.weights)
         return graph
 
+    def require_weights(self, doing: str, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                        how: str = "--weights MODEL.caffemodel") -> None:
+        """Refuse a net given without weights only when it has learnable parameters: a net of parameter-free
+        layers (PriorBox, Permute, an Interp...) converts and runs as it is. A net whose shapes are not
+        known says why first (no parameter shape can be told without them)."""
+        if self.weights is not None:
+            return
+        graph = self.graph(input_shapes, weights=False)
+        if any(l.param_shapes for l in graph.layers):
+            raise WeightsError(f"{self.source}: {doing} needs the trained weights: pass {how}")
+        graph.require_shapes()
+
 
 def check_weights_match(graph: Graph, prototxt: str, weights: str) -> None:
     """Caffe copies weights by layer name and keeps the filler init of the rest: with the wrong

@@ -17,11 +17,13 @@ from zoo.inference.transform import Transform
 
 def cached_onnx(model: Model) -> str:
     """The model's .onnx file in the cache (batch 1, symbolic), converted once per weights file: the
-    name carries the weights' path, size and modification time, so other weights never get a stale file."""
+    name carries the weights' path, size and modification time, so other weights never get a stale file
+    (a net without parameters: its prototxt's)."""
     import converters
     name = model.card.name if model.card is not None else Path(model.source).stem
-    st = os.stat(model.weights)
-    key = hashlib.sha1(f"{os.path.abspath(model.weights)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    keyed = model.weights if model.weights is not None else model.source
+    st = os.stat(keyed)
+    key = hashlib.sha1(f"{os.path.abspath(keyed)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache_dir() / "onnx" / f"{name}-{key}.onnx"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
