@@ -48,6 +48,7 @@ def _shuffle_shape(layer, bottoms):
 @register_layer("ShuffleChannel", shape=_shuffle_shape)
 class ShuffleChannel(LayerImpl):
     deterministic = True  # no parameters; the output a fixed function of the inputs
+
     def torch(self, layer, graph):
         return nn_specs().ShuffleChannel(layer.proto.shuffle_channel_param.group), []
 
@@ -72,6 +73,7 @@ def _axpy_shape(layer, bottoms):
 @register_layer("Axpy", shape=_axpy_shape)
 class Axpy(LayerImpl):
     deterministic = True  # no parameters; the output a fixed function of the inputs
+
     def torch(self, layer, graph):
         return nn_specs().Axpy(), []
 

@@ -34,6 +34,7 @@ def _roi_pooling_shape(layer, bottoms):
 @register_layer("ROIPooling", shape=_roi_pooling_shape)
 class ROIPooling(LayerImpl):
     deterministic = True  # no parameters; the output a fixed function of the inputs
+
     def torch(self, layer, graph):
         p = layer.proto.roi_pooling_param
         return nn_specs().ROIPooling(p.pooled_h, p.pooled_w, p.spatial_scale), []
@@ -62,6 +63,7 @@ def _psroi_shape(layer, bottoms):
 @register_layer("PSROIPooling", shape=_psroi_shape)
 class PSROIPooling(LayerImpl):
     deterministic = True  # no parameters; the output a fixed function of the inputs
+
     def torch(self, layer, graph):
         p = layer.proto.psroi_pooling_param
         return nn_specs().PSROIPooling(p.output_dim, p.group_size, p.spatial_scale), []

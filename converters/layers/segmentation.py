@@ -47,6 +47,7 @@ def _interp_shape(layer, bottoms):
 @register_layer("Interp", shape=_interp_shape)
 class Interp(LayerImpl):
     deterministic = True  # no parameters; the output a fixed function of the inputs
+
     def _args(self, layer, graph):
         p = layer.proto.interp_param
         h, w = graph.values[layer.tops[0]].shape[2:]
@@ -151,6 +152,7 @@ def _upsample_shape(layer, bottoms):
 @register_layer("Upsample", shape=_upsample_shape)
 class Upsample(LayerImpl):
     deterministic = True  # no parameters; the output a fixed function of the inputs
+
     def torch(self, layer, graph):
         if len(layer.bottoms) == 1:
             return nn_specs().UpsampleNearest(layer.proto.upsample_param.scale), []

@@ -51,6 +51,7 @@ def _permute_shape(layer, bottoms):
 @register_layer("Permute", shape=_permute_shape)
 class Permute(LayerImpl):
     deterministic = True
+
     def torch(self, layer, graph):
         return nn_specs().Permute(permute_order(layer.proto, len(shape_of(layer, graph)))), []
 
@@ -140,6 +141,7 @@ def prior_boxes(args: dict, feature, image) -> np.ndarray:
 @register_layer("PriorBox", shape=_prior_box_shape)
 class PriorBox(LayerImpl):
     deterministic = True
+
     def torch(self, layer, graph):
         return nn_specs().PriorBox(**prior_box_args(layer)), []
 
@@ -183,6 +185,7 @@ class Normalize(LayerImpl):
 @register_layer("ReLU6", shape=shapes.same_shape)
 class ReLU6(LayerImpl):
     deterministic = True
+
     def torch(self, layer, graph):
         return nn_specs().Elementwise("Clip", min=0.0, max=6.0), []
 
@@ -237,6 +240,7 @@ def detection_output_args(layer) -> dict:
 @register_layer("DetectionOutput", shape=_detection_output_shape)
 class DetectionOutput(LayerImpl):
     deterministic = True
+
     def torch(self, layer, graph):
         return nn_specs().DetectionOutput(**detection_output_args(layer)), []
 
