@@ -5,7 +5,9 @@ PriorBox depends on shapes only: the ONNX model holds its priors as a constant. 
 reproduces Caffe's ApplyNMSFast exactly in both backends: candidates above the confidence
 threshold, top_k of them by a stable sort (ties: lower prior index first), then greedy NMS with
 Caffe's own IoU (no "+1"; a box with xmax < xmin has area 0 and overlaps nothing) and its adaptive
-threshold (eta). In ONNX that greedy pass is a Loop over the ranked candidates, every image and class
+threshold (eta). In ONNX the pairwise IoUs of the ranked candidates are computed once, every image and class
+at once; with eta = 1 greedy NMS is their fixed point (a short Loop of whole-matrix steps), else a Loop
+over the ranked candidates reads one row per step, every image and class
 at once: the standard NonMaxSuppression op has no eta, limits the boxes it keeps rather than the
 candidates it ranks (Caffe's top_k), and reorders each box's corners, so an inverted box would
 suppress others where Caffe's overlaps nothing.
@@ -319,10 +321,53 @@ class _DetectionOnnx:
         return n("Squeeze", [area, c.ints([-1])])[0]
 
     def nms(self, cand: str, valid: str, values: str) -> str:
-        """ApplyNMSFast as an ONNX Loop over the K ranked candidates of every image and class."""
+        """ApplyNMSFast on the K ranked candidates of every image and class at once. The pairwise IoU
+        matrix is computed once outside any Loop; the Loop bodies only read it."""
+        c, n = self.ctx, self.n
+        areas = self.areas(cand)
+        # one [B, C', K] tensor per corner coordinate: the [K, K] broadcasts below then run over a
+        # contiguous last axis (a trailing axis of 4 or 2 makes onnxruntime's broadcasting slow)
+        xy = [n("Squeeze", [self.slice(cand, i, i + 1), c.ints([-1])])[0] for i in range(4)]
+        rows = [n("Unsqueeze", [v, c.ints([3])])[0] for v in xy + [areas]]
+        cols = [n("Unsqueeze", [v, c.ints([2])])[0] for v in xy + [areas]]
+        # iou[..., j, i]: candidate j against candidate i, Caffe's arithmetic (symmetric, bit for bit)
+        iou = self.jaccard(rows, cols)
+        if self.a["eta"] < 1:
+            return self.nms_adaptive(iou, valid, values)
+        return self.nms_fixed_point(iou, valid)
+
+    def nms_fixed_point(self, iou: str, valid: str) -> str:
+        """Greedy NMS with a fixed threshold is the unique fixed point of
+        keep[j] = valid[j] and no i < j with keep[i] and iou[i, j] > threshold (by induction on j), and
+        iterating that map from keep = valid makes one more leading position exact per step: a Loop of
+        at most K whole-matrix steps that stops as soon as nothing changes (a handful on real nets)."""
+        from onnx import helper
+        c, n = self.ctx, self.n
+        before = np.triu(np.ones((self.k, self.k), np.float32), 1)  # [i, j]: i ranks before j
+        over = n("Where", [n("Greater", [iou, c.const(np.float32(self.a["nms_threshold"]), "nms_threshold")])[0],
+                           c.const(before, "ranked_before"), c.const(np.float32(0), "zero")])[0]
+        saved, c.nodes = c.nodes, []
+        it, cond, keep_in = (c.tmp(s) for s in ("iter", "cond", "keep_in"))
+        # 0/1 sums of at most K < 2**24 terms: exact in float32
+        hits = n("MatMul", [n("Unsqueeze", [n("Cast", [keep_in], to=FLOAT)[0], c.ints([2])])[0], over])[0]
+        suppressed = n("Greater", [n("Squeeze", [hits, c.ints([2])])[0], c.const(np.float32(0), "zero")])[0]
+        keep_out = n("And", [valid, n("Not", [suppressed])[0]])[0]
+        changed = n("Cast", [n("Xor", [keep_in, keep_out])[0]], to=FLOAT)[0]
+        changed = n("Reshape", [n("ReduceMax", [changed], keepdims=1)[0], c.ints([], "scalar")])[0]
+        cond_out = n("Cast", [changed], to=BOOL)[0]
+        body_nodes, c.nodes = c.nodes, saved
+        info = helper.make_tensor_value_info
+        body = helper.make_graph(
+            body_nodes, f"{self.layer.name}_nms",
+            [info(it, INT64, []), info(cond, BOOL, []), info(keep_in, BOOL, None)],
+            [info(cond_out, BOOL, []), info(keep_out, BOOL, None)])
+        true = n("Cast", [n("Reshape", [c.ints([1], "true"), c.ints([], "scalar")])[0]], to=BOOL)[0]
+        return n("Loop", [c.ints([self.k], "trips"), true, valid], [c.tmp("keep")], body=body)[0]
+
+    def nms_adaptive(self, iou: str, valid: str, values: str) -> str:
+        """eta < 1: the threshold after each kept box depends on the order, so one Loop step per rank."""
         from onnx import helper
         a, c, n = self.a, self.ctx, self.n
-        areas = self.areas(cand)
         keep0 = n("Xor", [valid, valid])[0]  # all false, shaped [B, C', K]
         thr0 = n("ConstantOfShape", [n("Shape", [values], start=0, end=2)[0]],
                  value=helper.make_tensor("nms", FLOAT, [1], [a["nms_threshold"]]))[0]
@@ -330,21 +375,16 @@ class _DetectionOnnx:
         saved, c.nodes = c.nodes, []
         it, cond, keep_in, thr_in = (c.tmp(s) for s in ("iter", "cond", "keep_in", "thr_in"))
         j = n("Unsqueeze", [it, c.ints([0])])[0]
-        box = n("Gather", [cand, j], axis=2)[0]
-        area = n("Gather", [areas, j], axis=2)[0]
-        iou = self.jaccard(box, area, cand, areas)
-        over = n("Greater", [iou, n("Unsqueeze", [thr_in, c.ints([-1])])[0]])[0]
+        row = n("Squeeze", [n("Gather", [iou, j], axis=2)[0], c.ints([2])])[0]
+        over = n("Greater", [row, n("Unsqueeze", [thr_in, c.ints([-1])])[0]])[0]
         hit = n("Cast", [n("And", [over, keep_in])[0]], to=FLOAT)[0]
         suppressed = n("Cast", [n("ReduceMax", [hit, c.ints([-1])], keepdims=0)[0]], to=BOOL)[0]
         kept = n("And", [n("Squeeze", [n("Gather", [valid, j], axis=2)[0], c.ints([-1])])[0],
                          n("Not", [suppressed])[0]])[0]
         here = n("Equal", [positions, it])[0]
         keep_out = n("Or", [keep_in, n("And", [n("Unsqueeze", [kept, c.ints([-1])])[0], here])[0]])[0]
-        if a["eta"] < 1:
-            shrink = n("And", [kept, n("Greater", [thr_in, c.const(np.float32(0.5), "half")])[0]])[0]
-            thr_out = n("Where", [shrink, n("Mul", [thr_in, c.const(np.float32(a["eta"]), "eta")])[0], thr_in])[0]
-        else:
-            thr_out = n("Identity", [thr_in])[0]
+        shrink = n("And", [kept, n("Greater", [thr_in, c.const(np.float32(0.5), "half")])[0]])[0]
+        thr_out = n("Where", [shrink, n("Mul", [thr_in, c.const(np.float32(a["eta"]), "eta")])[0], thr_in])[0]
         cond_out = n("Identity", [cond])[0]
         body_nodes, c.nodes = c.nodes, saved
         info = helper.make_tensor_value_info
@@ -357,14 +397,12 @@ class _DetectionOnnx:
         keep, _ = n("Loop", [c.ints([self.k], "trips"), "", keep0, thr0], [c.tmp("keep"), c.tmp("thr")], body=body)
         return keep
 
-    def jaccard(self, box: str, area: str, boxes: str, areas: str) -> str:
-        """converters.nn.jaccard: box [B, C', 1, 4] against boxes [B, C', K, 4] -> [B, C', K]."""
+    def jaccard(self, a: list[str], b: list[str]) -> str:
+        """converters.nn.jaccard, broadcasting: a and b are [xmin, ymin, xmax, ymax, area] -> IoUs."""
         c, n = self.ctx, self.n
-        iwh = n("Sub", [n("Min", [self.slice(box, 2, 4), self.slice(boxes, 2, 4)])[0],
-                        n("Max", [self.slice(box, 0, 2), self.slice(boxes, 0, 2)])[0]])[0]
-        iw, ih = (n("Squeeze", [self.slice(iwh, i, i + 1), c.ints([-1])])[0] for i in (0, 1))
+        iw, ih = (n("Sub", [n("Min", [a[i + 2], b[i + 2]])[0], n("Max", [a[i], b[i]])[0]])[0] for i in (0, 1))
         inter = n("Mul", [iw, ih])[0]
-        iou = n("Div", [inter, n("Sub", [n("Add", [area, areas])[0], inter])[0]])[0]
+        iou = n("Div", [inter, n("Sub", [n("Add", [a[4], b[4]])[0], inter])[0]])[0]
         zero = c.const(np.float32(0), "zero")
         both = n("And", [n("Greater", [iw, zero])[0], n("Greater", [ih, zero])[0]])[0]
         return n("Where", [both, iou, zero])[0]
