@@ -84,16 +84,31 @@ REFERENCES: dict[str, tuple[Reference, ...]] = {
     "pspnet50_ade20k": _same("pspnet50_ade20k", "pspnet50_ADE20K_473.prototxt"),
     "pspnet101_voc2012": _same("pspnet101_voc2012", "pspnet101_VOC2012_473.prototxt"),
     "mobilenet_v2": _same("mobilenet_v2", "mobilenet_v2_deploy.prototxt"),
+    "faster_rcnn_vgg16": _same("faster_rcnn_vgg16", "test.prototxt"),
     "densenet121": _same("densenet121", "DenseNet_121.prototxt"),
     "inception_v3": _same("inception_v3", "deploy_inception-v3.prototxt"),
     **{f"places365_{n}": _same(f"places365_{n}", f"deploy_{n}_places365.prototxt")
        for n in ("alexnet", "googlenet", "vgg16", "resnet152")},
 }
 
-# open_nsfw is not in the corpus. Fingerprint (see _fingerprint) of the published deploy net,
-# https://github.com/yahoo/open_nsfw/blob/a4e13931465f4380742545932657eeea0a10aa48/nsfw_model/deploy.prototxt
-# (229 layers, ResNet_50_1by2_nsfw), computed with the same canonical form as the corpus comparison.
-OPEN_NSFW_FINGERPRINT = "2f44f4aa0cd3a1e4092056f3f1a77550101c5fbcc8cd30b00fcd3d76cab01a25"
+# Nets not in the corpus: the fingerprint (see _fingerprint) of the publisher's deploy net, computed with the
+# same canonical form as the corpus comparison, from the file at its pinned commit (git blob id given):
+FINGERPRINTS = {
+    # https://github.com/yahoo/open_nsfw/blob/a4e13931465f4380742545932657eeea0a10aa48/nsfw_model/deploy.prototxt
+    # (229 layers, ResNet_50_1by2_nsfw)
+    "open_nsfw": "2f44f4aa0cd3a1e4092056f3f1a77550101c5fbcc8cd30b00fcd3d76cab01a25",
+    # https://github.com/alexgkendall/SegNet-Tutorial/blob/bb68b64e72cb004b3ed927fee0f5624dd8097498/Example_Models/
+    # segnet_sun.prototxt (blob cb8ceb56e0c6373d8fddde71e4e6b02dd98fb300, 94 layers) and segnet_basic_camvid.prototxt
+    # (blob b3c692fa1e7c4cea5f3fddc77c25fdfbd7bd1291, 32 layers); the corpus's segnet/segnet_basic are other nets
+    "segnet_sun": "799df254fc4e706dc071db6d0e2ba63d6b7af14184202e441507bbd0b3447578",
+    "segnet_basic_camvid": "924200219d6c5c53657dba77356acc11502eaa5eea4ed0deb55c522d300555a8",
+    # https://github.com/miaow1988/ShuffleNet_V2_pytorch_caffe/blob/426e18747d2209202175707f6adf759796cbbd2a/
+    # shufflenet_v2_x0.5.prototxt (blob 4171c4dbb7d017be9fd3f2e0d3685601a1e80158, 256 layers; its sha384 is the one
+    # OpenVINO's model.yml gives for the v0.1.1 release prototxt)
+    "shufflenet_v2_x0.5": "440d4e41f6362eefbd6f81573ebead83300e6d62988b311352ca0bbe140cdcb6",
+}
+# Inputs beyond the card's image blob, which the card describes in input.note only: name -> shape.
+EXTRA_INPUTS = {"faster_rcnn_vgg16": {"im_info": (1, 3)}}  # [[height, width, scale]] of the image fed
 
 
 def deploy_layers(layers) -> list[caffe_pb2.LayerParameter]:
@@ -149,7 +164,9 @@ card_params = pytest.mark.parametrize("card", list(CARDS.values()), ids=list(CAR
 def test_card_architecture_builds_with_every_shape_known(card):
     graph = build_graph(arch.build(card.architecture), source=card.architecture)
     graph.require_shapes()
-    assert list(graph.input_shapes) == [card.input.blob]
+    assert list(graph.input_shapes) == [card.input.blob, *EXTRA_INPUTS.get(card.architecture, {})]
+    for blob, shape in EXTRA_INPUTS.get(card.architecture, {}).items():
+        assert graph.input_shapes[blob] == shape
     assert graph.input_shapes[card.input.blob][1:] == card.input.shape  # any batch size
     assert sorted(graph.values[v].caffe_name for v in graph.outputs) == sorted(card.outputs)
     first = graph.final_value(card.outputs[0])
@@ -169,7 +186,8 @@ def test_card_architecture_builds_with_every_shape_known(card):
 def test_card_architecture_equals_published_deploy(card):
     refs = REFERENCES.get(card.architecture)
     if refs is None:
-        pytest.skip(f"{card.architecture}: no deploy net in the corpus (open_nsfw: see its fingerprint test)")
+        assert card.architecture in FINGERPRINTS, f"{card.architecture}: neither in the corpus nor fingerprinted"
+        pytest.skip(f"{card.architecture}: no deploy net in the corpus (see the fingerprint test)")
     built = arch.build(card.architecture)
     for ref in refs:
         name, published = _published(ref)
@@ -183,10 +201,11 @@ def test_card_architecture_equals_published_deploy(card):
             pytest.fail(f"{ref.path}: {difference}", pytrace=False)
 
 
-def test_open_nsfw_equals_published_deploy():
+@pytest.mark.parametrize("name", sorted(FINGERPRINTS))
+def test_fingerprinted_net_equals_published_deploy(name):
     """Compared through a fingerprint: the published prototxt is not in the corpus and is not copied here."""
-    assert _fingerprint(arch.build("open_nsfw")) == OPEN_NSFW_FINGERPRINT, (
-        "open_nsfw differs from yahoo/open_nsfw's deploy.prototxt; recompute with "
+    assert _fingerprint(arch.build(name)) == FINGERPRINTS[name], (
+        f"{name} differs from its publisher's deploy prototxt (FINGERPRINTS names it); recompute with "
         "_fingerprint(read_net(that file)[0]) to see whether the published net changed")
 
 
