@@ -16,6 +16,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import pytest
 
 import converters  # noqa: F401  (the fork layer types' shape rules: SSD cards)
@@ -262,6 +263,19 @@ def test_convert_by_model_name_uses_the_built_in_architecture(tmp_path, capsys):
     assert "prob1: max |pytorch - onnxruntime|" in capsys.readouterr().out
 
 
+def test_info_by_model_name_shows_the_built_in_net(capsys):
+    """`zoo info NAME` needs no prototxt either (and no weights): the card's deploy net, both inputs."""
+    import json
+    from zoo.cli import main
+    assert main(["info", "faster_rcnn_vgg16", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["inputs"] == {"data": [1, 3, 224, 224], "im_info": [1, 3]}
+    assert sorted(info["outputs"]) == ["bbox_pred", "cls_prob"] and info["blobs"]["rois"] == [300, 5]
+    assert main(["info", "faster_rcnn_vgg1"]) == 1
+    assert capsys.readouterr().err == ("zoo: error: unknown model 'faster_rcnn_vgg1'; did you mean faster_rcnn_vgg16? "
+                                       "run `zoo list` to see all, or pass --card FILE\n")
+
+
 @pytest.mark.parametrize("name_and_path", shared_params(CORPUS_WEIGHTS, ids=[n for n, _ in CORPUS_WEIGHTS]))
 def test_card_checksums_match_the_corpus_copy(name_and_path):
     """Where the corpus holds a card's caffemodel, every digest and the size on the card are its own
@@ -273,3 +287,63 @@ def test_card_checksums_match_the_corpus_copy(name_and_path):
         assert Path(path).stat().st_size == weights.size
     for algorithm, digest in (weights.checksum or {}).items():
         assert file_digest(path, algorithm) == digest, f"{name}: {algorithm} of {path}"
+
+
+# Faster R-CNN on both backends: the card's net with seeded weights on a small image (3x192x256: a 12x16
+# conv5_3 map, 1728 anchors, the smallest 128 pixels wide), im_info telling its true size, so that the
+# proposals are real boxes (the seeded im_info of `zoo convert`'s check describes an image under a pixel,
+# which leaves at most one proposal).
+FRCNN_IMAGE = (1, 3, 192, 256)
+FRCNN_HEADS = ("rpn_cls_score", "rpn_bbox_pred", "cls_score", "bbox_pred")  # their widths are the anchors, classes
+
+
+def _seeded_faster_rcnn(narrow: int):
+    """The faster_rcnn_vgg16 graph with every other layer's width divided by ``narrow`` and He-scaled
+    random weights (so the activations neither vanish nor blow up through 13 convolutions); the RPN's box
+    deltas scaled to a trained one's size (about 1, not the image's 100, whose exp() fills the image)."""
+    net = arch.build("faster_rcnn_vgg16")
+    for layer in net.layer:
+        for param in (layer.convolution_param, layer.inner_product_param):
+            if param.num_output and layer.name not in FRCNN_HEADS:
+                param.num_output //= narrow
+    graph = build_graph(net, input_shapes={"data": FRCNN_IMAGE, "im_info": (1, 3)})
+    rng = np.random.default_rng(11)
+    for layer in graph.layers:
+        layer.blobs = [(rng.standard_normal(s) * (2 / np.prod(s[1:])) ** 0.5 if len(s) > 1 else
+                        0.1 * rng.standard_normal(s)).astype(np.float32) for s in layer.param_shapes]
+        if layer.name == "rpn_bbox_pred":
+            layer.blobs = [b * np.float32(0.01) for b in layer.blobs]
+    return graph
+
+
+def _both_backends_agree(graph) -> None:
+    from converters import to_onnx, to_pytorch
+    from converters.torch import run
+    from tests.converters.common import close, describe, ort_run, torch_cpu
+    rng = np.random.default_rng(12)
+    inputs = {"data": (rng.uniform(0, 255, FRCNN_IMAGE) - 128).astype(np.float32),
+              "im_info": np.array([[FRCNN_IMAGE[2], FRCNN_IMAGE[3], 1.0]], np.float32)}
+    module = to_pytorch(graph)
+    with torch_cpu():
+        got_torch = run(module, [inputs[n] for n in module.input_names])
+    got_onnx = ort_run(to_onnx(graph), inputs)
+    rois = len(got_onnx["cls_prob"])
+    assert 50 < rois <= 300, f"{rois} proposals"  # NMS kept some boxes, not one
+    assert got_onnx["bbox_pred"].shape == (rois, 84) and np.allclose(got_onnx["cls_prob"].sum(1), 1, atol=1e-5)
+    for name in ("cls_prob", "bbox_pred"):
+        assert close(got_torch[name], got_onnx[name]), f"{name}: {describe(got_torch[name], got_onnx[name])}"
+
+
+@pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
+@pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning")
+def test_faster_rcnn_narrowed_converts_and_both_backends_agree():
+    """Every layer of the card's net (the proposal layer and ROI pooling on real boxes) at 1/8 width."""
+    _both_backends_agree(_seeded_faster_rcnn(narrow=8))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
+@pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning")
+def test_faster_rcnn_full_width_converts_and_both_backends_agree():
+    """The card's net as published (137 M parameters, fc6 alone 103 M) on the same small image."""
+    _both_backends_agree(_seeded_faster_rcnn(narrow=1))
