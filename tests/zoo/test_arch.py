@@ -271,6 +271,9 @@ def test_info_by_model_name_shows_the_built_in_net(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["inputs"] == {"data": [1, 3, 224, 224], "im_info": [1, 3]}
     assert sorted(info["outputs"]) == ["bbox_pred", "cls_prob"] and info["blobs"]["rois"] == [300, 5]
+    from zoo.hub.resolve import resolve
+    assert resolve("faster_rcnn_vgg16", fetch=False).card_input_shapes() == {"data": (1, 3, 224, 224),
+                                                                             "im_info": (1, 3)}
     assert main(["info", "faster_rcnn_vgg1"]) == 1
     assert capsys.readouterr().err == ("zoo: error: unknown model 'faster_rcnn_vgg1'; did you mean faster_rcnn_vgg16? "
                                        "run `zoo list` to see all, or pass --card FILE\n")
