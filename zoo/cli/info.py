@@ -10,7 +10,7 @@ HELP = "show a net's inputs, layers, shapes, parameters and MACs"
 EXAMPLES = """\
 examples:
   zoo info models/bvlc_googlenet/deploy.prototxt
-  zoo info faster_rcnn_vgg16 --input-shape data=1,3,600,800
+  zoo info faster_rcnn_vgg16
   zoo info deploy.prototxt --weights bvlc_googlenet.caffemodel
   zoo info deploy.prototxt --input-shape data=1,3,224,224 --group
   zoo info train_val.prototxt --phase train --input-shape data=32,3,227,227
