@@ -47,9 +47,7 @@ def load(model: str, *, weights: Optional[os.PathLike | str] = None, backend: st
         from zoo.inference.runtime import session
         return session(cached_onnx(resolved), device=device)
     from converters import to_pytorch
-    card = resolved.card
-    shapes = {card.input.blob: (1, *card.input.shape)} if card is not None else None
-    return to_pytorch(resolved.graph(shapes)).eval()
+    return to_pytorch(resolved.graph(resolved.card_input_shapes())).eval()
 
 
 def transform(model: str) -> Callable[[Any], Any]:

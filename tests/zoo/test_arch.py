@@ -16,6 +16,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import pytest
 
 import converters  # noqa: F401  (the fork layer types' shape rules: SSD cards)
@@ -84,16 +85,31 @@ REFERENCES: dict[str, tuple[Reference, ...]] = {
     "pspnet50_ade20k": _same("pspnet50_ade20k", "pspnet50_ADE20K_473.prototxt"),
     "pspnet101_voc2012": _same("pspnet101_voc2012", "pspnet101_VOC2012_473.prototxt"),
     "mobilenet_v2": _same("mobilenet_v2", "mobilenet_v2_deploy.prototxt"),
+    "faster_rcnn_vgg16": _same("faster_rcnn_vgg16", "test.prototxt"),
     "densenet121": _same("densenet121", "DenseNet_121.prototxt"),
     "inception_v3": _same("inception_v3", "deploy_inception-v3.prototxt"),
     **{f"places365_{n}": _same(f"places365_{n}", f"deploy_{n}_places365.prototxt")
        for n in ("alexnet", "googlenet", "vgg16", "resnet152")},
 }
 
-# open_nsfw is not in the corpus. Fingerprint (see _fingerprint) of the published deploy net,
-# https://github.com/yahoo/open_nsfw/blob/a4e13931465f4380742545932657eeea0a10aa48/nsfw_model/deploy.prototxt
-# (229 layers, ResNet_50_1by2_nsfw), computed with the same canonical form as the corpus comparison.
-OPEN_NSFW_FINGERPRINT = "2f44f4aa0cd3a1e4092056f3f1a77550101c5fbcc8cd30b00fcd3d76cab01a25"
+# Nets not in the corpus: the fingerprint (see _fingerprint) of the publisher's deploy net, computed with the
+# same canonical form as the corpus comparison, from the file at its pinned commit (git blob id given):
+FINGERPRINTS = {
+    # https://github.com/yahoo/open_nsfw/blob/a4e13931465f4380742545932657eeea0a10aa48/nsfw_model/deploy.prototxt
+    # (229 layers, ResNet_50_1by2_nsfw)
+    "open_nsfw": "2f44f4aa0cd3a1e4092056f3f1a77550101c5fbcc8cd30b00fcd3d76cab01a25",
+    # https://github.com/alexgkendall/SegNet-Tutorial/blob/bb68b64e72cb004b3ed927fee0f5624dd8097498/Example_Models/
+    # segnet_sun.prototxt (blob cb8ceb56e0c6373d8fddde71e4e6b02dd98fb300, 94 layers) and segnet_basic_camvid.prototxt
+    # (blob b3c692fa1e7c4cea5f3fddc77c25fdfbd7bd1291, 32 layers); the corpus's segnet/segnet_basic are other nets
+    "segnet_sun": "799df254fc4e706dc071db6d0e2ba63d6b7af14184202e441507bbd0b3447578",
+    "segnet_basic_camvid": "924200219d6c5c53657dba77356acc11502eaa5eea4ed0deb55c522d300555a8",
+    # https://github.com/miaow1988/ShuffleNet_V2_pytorch_caffe/blob/426e18747d2209202175707f6adf759796cbbd2a/
+    # shufflenet_v2_x0.5.prototxt (blob 4171c4dbb7d017be9fd3f2e0d3685601a1e80158, 256 layers; its sha384 is the one
+    # OpenVINO's model.yml gives for the v0.1.1 release prototxt)
+    "shufflenet_v2_x0.5": "440d4e41f6362eefbd6f81573ebead83300e6d62988b311352ca0bbe140cdcb6",
+}
+# Inputs beyond the card's image blob, which the card describes in input.note only: name -> shape.
+EXTRA_INPUTS = {"faster_rcnn_vgg16": {"im_info": (1, 3)}}  # [[height, width, scale]] of the image fed
 
 
 def deploy_layers(layers) -> list[caffe_pb2.LayerParameter]:
@@ -149,7 +165,9 @@ card_params = pytest.mark.parametrize("card", list(CARDS.values()), ids=list(CAR
 def test_card_architecture_builds_with_every_shape_known(card):
     graph = build_graph(arch.build(card.architecture), source=card.architecture)
     graph.require_shapes()
-    assert list(graph.input_shapes) == [card.input.blob]
+    assert list(graph.input_shapes) == [card.input.blob, *EXTRA_INPUTS.get(card.architecture, {})]
+    for blob, shape in EXTRA_INPUTS.get(card.architecture, {}).items():
+        assert graph.input_shapes[blob] == shape
     assert graph.input_shapes[card.input.blob][1:] == card.input.shape  # any batch size
     assert sorted(graph.values[v].caffe_name for v in graph.outputs) == sorted(card.outputs)
     first = graph.final_value(card.outputs[0])
@@ -169,7 +187,8 @@ def test_card_architecture_builds_with_every_shape_known(card):
 def test_card_architecture_equals_published_deploy(card):
     refs = REFERENCES.get(card.architecture)
     if refs is None:
-        pytest.skip(f"{card.architecture}: no deploy net in the corpus (open_nsfw: see its fingerprint test)")
+        assert card.architecture in FINGERPRINTS, f"{card.architecture}: neither in the corpus nor fingerprinted"
+        pytest.skip(f"{card.architecture}: no deploy net in the corpus (see the fingerprint test)")
     built = arch.build(card.architecture)
     for ref in refs:
         name, published = _published(ref)
@@ -183,10 +202,11 @@ def test_card_architecture_equals_published_deploy(card):
             pytest.fail(f"{ref.path}: {difference}", pytrace=False)
 
 
-def test_open_nsfw_equals_published_deploy():
+@pytest.mark.parametrize("name", sorted(FINGERPRINTS))
+def test_fingerprinted_net_equals_published_deploy(name):
     """Compared through a fingerprint: the published prototxt is not in the corpus and is not copied here."""
-    assert _fingerprint(arch.build("open_nsfw")) == OPEN_NSFW_FINGERPRINT, (
-        "open_nsfw differs from yahoo/open_nsfw's deploy.prototxt; recompute with "
+    assert _fingerprint(arch.build(name)) == FINGERPRINTS[name], (
+        f"{name} differs from its publisher's deploy prototxt (FINGERPRINTS names it); recompute with "
         "_fingerprint(read_net(that file)[0]) to see whether the published net changed")
 
 
@@ -243,6 +263,22 @@ def test_convert_by_model_name_uses_the_built_in_architecture(tmp_path, capsys):
     assert "prob1: max |pytorch - onnxruntime|" in capsys.readouterr().out
 
 
+def test_info_by_model_name_shows_the_built_in_net(capsys):
+    """`zoo info NAME` needs no prototxt either (and no weights): the card's deploy net, both inputs."""
+    import json
+    from zoo.cli import main
+    assert main(["info", "faster_rcnn_vgg16", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["inputs"] == {"data": [1, 3, 224, 224], "im_info": [1, 3]}
+    assert sorted(info["outputs"]) == ["bbox_pred", "cls_prob"] and info["blobs"]["rois"] == [300, 5]
+    from zoo.hub.resolve import resolve
+    assert resolve("faster_rcnn_vgg16", fetch=False).card_input_shapes() == {"data": (1, 3, 224, 224),
+                                                                             "im_info": (1, 3)}
+    assert main(["info", "faster_rcnn_vgg1"]) == 1
+    assert capsys.readouterr().err == ("zoo: error: unknown model 'faster_rcnn_vgg1'; did you mean faster_rcnn_vgg16? "
+                                       "run `zoo list` to see all, or pass --card FILE\n")
+
+
 @pytest.mark.parametrize("name_and_path", shared_params(CORPUS_WEIGHTS, ids=[n for n, _ in CORPUS_WEIGHTS]))
 def test_card_checksums_match_the_corpus_copy(name_and_path):
     """Where the corpus holds a card's caffemodel, every digest and the size on the card are its own
@@ -254,3 +290,63 @@ def test_card_checksums_match_the_corpus_copy(name_and_path):
         assert Path(path).stat().st_size == weights.size
     for algorithm, digest in (weights.checksum or {}).items():
         assert file_digest(path, algorithm) == digest, f"{name}: {algorithm} of {path}"
+
+
+# Faster R-CNN on both backends: the card's net with seeded weights on a small image (3x192x256: a 12x16
+# conv5_3 map, 1728 anchors, the smallest 128 pixels wide), im_info telling its true size, so that the
+# proposals are real boxes (the seeded im_info of `zoo convert`'s check describes an image under a pixel,
+# which leaves at most one proposal).
+FRCNN_IMAGE = (1, 3, 192, 256)
+FRCNN_HEADS = ("rpn_cls_score", "rpn_bbox_pred", "cls_score", "bbox_pred")  # their widths are the anchors, classes
+
+
+def _seeded_faster_rcnn(narrow: int):
+    """The faster_rcnn_vgg16 graph with every other layer's width divided by ``narrow`` and He-scaled
+    random weights (so the activations neither vanish nor blow up through 13 convolutions); the RPN's box
+    deltas scaled to a trained one's size (about 1, not the image's 100, whose exp() fills the image)."""
+    net = arch.build("faster_rcnn_vgg16")
+    for layer in net.layer:
+        for param in (layer.convolution_param, layer.inner_product_param):
+            if param.num_output and layer.name not in FRCNN_HEADS:
+                param.num_output //= narrow
+    graph = build_graph(net, input_shapes={"data": FRCNN_IMAGE, "im_info": (1, 3)})
+    rng = np.random.default_rng(11)
+    for layer in graph.layers:
+        layer.blobs = [(rng.standard_normal(s) * (2 / np.prod(s[1:])) ** 0.5 if len(s) > 1 else
+                        0.1 * rng.standard_normal(s)).astype(np.float32) for s in layer.param_shapes]
+        if layer.name == "rpn_bbox_pred":
+            layer.blobs = [b * np.float32(0.01) for b in layer.blobs]
+    return graph
+
+
+def _both_backends_agree(graph) -> None:
+    from converters import to_onnx, to_pytorch
+    from converters.torch import run
+    from tests.converters.common import close, describe, ort_run, torch_cpu
+    rng = np.random.default_rng(12)
+    inputs = {"data": (rng.uniform(0, 255, FRCNN_IMAGE) - 128).astype(np.float32),
+              "im_info": np.array([[FRCNN_IMAGE[2], FRCNN_IMAGE[3], 1.0]], np.float32)}
+    module = to_pytorch(graph)
+    with torch_cpu():
+        got_torch = run(module, [inputs[n] for n in module.input_names])
+    got_onnx = ort_run(to_onnx(graph), inputs)
+    rois = len(got_onnx["cls_prob"])
+    assert 50 < rois <= 300, f"{rois} proposals"  # NMS kept some boxes, not one
+    assert got_onnx["bbox_pred"].shape == (rois, 84) and np.allclose(got_onnx["cls_prob"].sum(1), 1, atol=1e-5)
+    for name in ("cls_prob", "bbox_pred"):
+        assert close(got_torch[name], got_onnx[name]), f"{name}: {describe(got_torch[name], got_onnx[name])}"
+
+
+@pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
+@pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning")
+def test_faster_rcnn_narrowed_converts_and_both_backends_agree():
+    """Every layer of the card's net (the proposal layer and ROI pooling on real boxes) at 1/8 width."""
+    _both_backends_agree(_seeded_faster_rcnn(narrow=8))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
+@pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning")
+def test_faster_rcnn_full_width_converts_and_both_backends_agree():
+    """The card's net as published (137 M parameters, fc6 alone 103 M) on the same small image."""
+    _both_backends_agree(_seeded_faster_rcnn(narrow=1))

@@ -191,6 +191,26 @@ def test_zoo_run_of_a_detector_without_detection_output_is_one_line(tmp_path, mo
                                             "script does\n")
 
 
+def test_zoo_run_of_a_net_with_a_second_input_is_one_line(tmp_path, capsys):
+    """Faster R-CNN also takes im_info: zoo run feeds one image, and says so rather than guessing the rest."""
+    import converters
+    from prototxt import load_net
+    net = tmp_path / "two.prototxt"
+    net.write_text('input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+                   'input: "im_info" input_shape { dim: 1 dim: 3 }\n'
+                   'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" '
+                   'pooling_param { pool: AVE global_pooling: true } }\n'
+                   'layer { name: "flat" type: "Flatten" bottom: "pool" top: "flat" }\n'
+                   'layer { name: "sum" type: "Eltwise" bottom: "flat" bottom: "im_info" top: "sum" }\n')
+    converters.save_onnx(load_net(net), tmp_path / "two.onnx")
+    image = tmp_path / "faces.png"
+    _faces(image)
+    assert cli.main(["run", str(tmp_path / "two.onnx"), str(image)]) == 1
+    assert capsys.readouterr().err.endswith("two.onnx: this net has 2 inputs (data, im_info) and zoo run feeds one "
+                                            "image; feed them yourself (zoo.load gives the net), as its publisher's "
+                                            "script does\n")
+
+
 def test_draw_of_several_images_fills_a_folder(tmp_path, monkeypatch, capsys, weights_cache):
     folder = _fixture("segnet_basic_inference")
     weights = make_weights(folder, "layer", weights_cache[0])

@@ -10,6 +10,7 @@ HELP = "show a net's inputs, layers, shapes, parameters and MACs"
 EXAMPLES = """\
 examples:
   zoo info models/bvlc_googlenet/deploy.prototxt
+  zoo info faster_rcnn_vgg16
   zoo info deploy.prototxt --weights bvlc_googlenet.caffemodel
   zoo info deploy.prototxt --input-shape data=1,3,224,224 --group
   zoo info train_val.prototxt --phase train --input-shape data=32,3,227,227
@@ -19,7 +20,8 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("prototxt", help="a Caffe net .prototxt (any format version; a solver with an inline net works too)")
+    p.add_argument("prototxt", help="a Caffe net .prototxt (any format version; a solver with an inline net works "
+                                    "too), or a zoo model name or user card (.json): its deploy net")
     p.add_argument("--weights", metavar="CAFFEMODEL", help="also check this .caffemodel against the net")
     p.add_argument("--input-shape", metavar="BLOB=N,C,H,W", action="append", type=input_shape, default=[],
                    help="give or override the shape of a net input (repeatable)")
@@ -37,18 +39,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import converters  # noqa: F401  (the fork layer types' shape rules; imports neither torch nor onnx)
-    from prototxt import CaffeError, MissingBottomError, attach_weights, load_net
+    from prototxt import CaffeError, MissingBottomError, attach_weights, build_graph
     from zoo import netinfo
 
-    options = dict(stages=args.stage, level=args.level, input_shapes=dict(args.input_shape) or None)
+    model = _deploy_net(args.prototxt)
+    options = dict(stages=args.stage, level=args.level, input_shapes=dict(args.input_shape) or None,
+                   source=model.source, upgrades=model.upgrades)
     fallback = None
     try:
-        graph = load_net(args.prototxt, phase=args.phase or "test", **options)
+        graph = build_graph(model.net, phase=args.phase or "test", **options)
     except MissingBottomError as missing:
         if args.phase is not None:
             raise
         try:
-            graph = load_net(args.prototxt, phase="train", **options)
+            graph = build_graph(model.net, phase="train", **options)
         except CaffeError:
             raise missing from None
         fallback = (f"the TEST phase lacks blob '{missing.bottom}' (needed by layer '{missing.layer}'); showing the "
@@ -67,3 +71,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(netinfo.format_text(info, layers=not args.group, group_table=True if args.group else None))
     return 0
+
+
+def _deploy_net(model: str):
+    """The net `model` names: a .prototxt read as it is, or a zoo card's deploy net (weights not fetched)."""
+    from zoo.hub.resolve import resolve
+    return resolve(model, fetch=False)

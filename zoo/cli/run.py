@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     images = find_images(args.images)
     path, card = _onnx_file(args)
     sess = session(path, device=args.device, quiet=False)
+    if len(sess.get_inputs()) > 1:
+        names = ", ".join(i.name for i in sess.get_inputs())
+        raise CommandError(f"{path}: this net has {len(sess.get_inputs())} inputs ({names}) and zoo run feeds one "
+                           f"image; feed them yourself (zoo.load gives the net), as its publisher's script does")
     if card is not None:
         transform, labels = Transform.from_card(card), card.label_names()
     else:

@@ -37,6 +37,20 @@ class Model:
             check_weights_match(graph, self.source, self.weights)
         return graph
 
+    def card_input_shapes(self) -> Optional[dict[str, tuple[int, ...]]]:
+        """The card's image input at batch 1, any other input (Faster R-CNN's im_info) as the net declares
+        it; None without a card (the net's own shapes)."""
+        if self.card is None:
+            return None
+        declared = {}
+        for layer in self.net.layer:
+            if layer.type == "Input":
+                shapes = list(layer.input_param.shape)
+                for i, top in enumerate(layer.top):  # one shape may serve every top, as in Caffe
+                    declared[top] = tuple(shapes[min(i, len(shapes) - 1)].dim) if shapes else None
+        image = self.card.input
+        return {**{k: v for k, v in declared.items() if v}, image.blob: (1, *image.shape)}
+
     def require_weights(self, doing: str, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
                         how: str = "--weights MODEL.caffemodel") -> None:
         """Refuse a net given without weights only when it has learnable parameters: a net of parameter-free

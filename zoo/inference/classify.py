@@ -27,8 +27,7 @@ def cached_onnx(model: Model) -> str:
     target = cache_dir() / "onnx" / f"{name}-{key}.onnx"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        card = model.card
-        converters.save_onnx(model.graph({card.input.blob: (1, *card.input.shape)} if card else None), target)
+        converters.save_onnx(model.graph(model.card_input_shapes()), target)
     return str(target)
 
 

@@ -8,7 +8,8 @@ out on purpose: `param` learning-rate multipliers and fillers (training details;
 trains). Input batch sizes are the publishers' (10 for the BVLC-era nets, 1 for most later ones).
 """
 from ._registry import UnknownArchitecture, build, names, register, write_prototxt
-from . import (alexnet, densenet, enet, googlenet, inception_v3, mobilenet, mtcnn, nin, resnet,  # noqa: F401,E402
-               pspnet, segnet, senet, squeezenet, ssd, ultraface, vgg)  # importing a family registers its nets
+# importing a family registers its nets
+from . import (alexnet, densenet, enet, faster_rcnn, googlenet, inception_v3, mobilenet, mtcnn,  # noqa: F401,E402
+               nin, pspnet, resnet, segnet, senet, shufflenet, squeezenet, ssd, ultraface, vgg)
 
 __all__ = ["UnknownArchitecture", "build", "names", "register", "write_prototxt"]

@@ -63,6 +63,13 @@ class Net:
         layer = self.proto.layer.add(name=input_layer, type="Input", top=[blob])
         layer.input_param.shape.add(dim=list(shape))
 
+    def input(self, blob: str, shape: Sequence[int]) -> str:
+        """Another top of the Input layer (py-faster-rcnn's im_info), as Caffe upgrades a second `input:`."""
+        layer = self.proto.layer[0]
+        layer.top.append(blob)
+        layer.input_param.shape.add(dim=list(shape))
+        return blob
+
     def layer(self, type_: str, name: str, bottom: Blobs, top: Blobs | None = None, **param: Any) -> str:
         """Append a layer of any type; `top` defaults to the layer's name."""
         tops = [name] if top is None else _listed(top)

@@ -49,11 +49,16 @@ def _relu_pool_norm(n: Net, x: str, i: int, lrn_first: bool) -> str:
     return n.lrn(f"norm{i}", n.pool(f"pool{i}", x, "MAX", kernel_size=3, stride=2), **LRN)
 
 
-def classifier_head(n: Net, x: str, width: int, classifier: str, classes: int, softmax: bool):
-    """fc6 and fc7 (ReLU, dropout 0.5), the classifier and `prob`: AlexNet's head, which VGG keeps."""
+def fc6_fc7(n: Net, x: str, width: int) -> str:
+    """fc6 and fc7, each with its ReLU and dropout 0.5 (in place)."""
     for i in (6, 7):
         x = n.dropout(f"drop{i}", n.relu(f"relu{i}", n.ip(f"fc{i}", x, num_output=width)), 0.5)
-    x = n.ip(classifier, x, num_output=classes)
+    return x
+
+
+def classifier_head(n: Net, x: str, width: int, classifier: str, classes: int, softmax: bool):
+    """fc6 and fc7, the classifier and `prob`: AlexNet's head, which VGG keeps."""
+    x = n.ip(classifier, fc6_fc7(n, x, width), num_output=classes)
     if softmax:
         n.softmax("prob", x)
     return n.proto
