@@ -16,12 +16,9 @@ from .registry import InferenceIO, LayerImpl, implementation, inference_io, regi
 # or `random_inputs` in one process was "'module' object is not callable" (zoo convert then zoo verify).
 from . import verify as _verify_module
 
-# The layer families register shape rules for fork types (PriorBox, ...): do it now, so that a net
-# loaded after `import converters` has its shapes.
-registered_types()
-
-# The built-in layer families (and plugins) register their shape rules now, so that a net loaded after
-# `import converters` knows the fork types (no torch import: the families import numpy and prototxt).
+# The layer families and plugins register now (no torch import: the families import numpy and prototxt),
+# so that a plugin's shape rules (register_layer(..., shape=...)) hold for a net loaded after
+# `import converters`; the fork types' rules are prototxt's own (prototxt.fork_shapes).
 registered_types()
 
 

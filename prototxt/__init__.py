@@ -6,6 +6,9 @@
 from .errors import (CaffeError, GraphError, InputShapeRequired, MissingBottomError, PrototxtSyntaxError,
                      ShapeError, SizeLimitError, UnsupportedLayers, WeightsError)
 from .fillers import fill, layer_fillers
+# The fork layer types' shape rules (SSD, segmentation, R-CNN, mobile nets) register on import, so that
+# load_net knows a fork net's shapes without converters.
+from . import fork_shapes  # noqa: F401
 from .graph import (Graph, Layer, ParamSpec, Value, WeightsReport, attach_weights, build_graph, fill_missing, load_net,
                     load_solver, read_net, save_net, unique_name, NameSet)
 from .shapes import DATA_TYPES, LOSS_TYPES, TRAINING_ONLY_TYPES

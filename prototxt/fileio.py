@@ -5,17 +5,21 @@ Temp names are ``<target>.<pid>.<random>.partial``: a run killed before its rena
 and the next write of the same target removes those of dead processes (never a live one's). A
 folder replaces a previous one in three steps (the old one renamed aside as
 ``<target>.<pid>.<random>.old.partial``, the new one renamed in, the old one deleted): a kill between
-the first two leaves the old folder aside, and the next write puts it back before it starts."""
+the first two leaves the old folder aside, and the next write puts it back before it starts.
+
+Reading, ``open_regular`` opens only a regular file: a named pipe given as a net or weights file would
+block ``open`` forever, a device would stream without end."""
 from __future__ import annotations
 
 import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import IO, Iterator
+from typing import IO, BinaryIO, Iterator
 
 # Temp names of older versions carry no pid: such left-overs are removed once this old (seconds).
 LEGACY_STALE_AGE = 24 * 3600
@@ -27,6 +31,35 @@ def umask_mode(mode: int = 0o666) -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mode & ~mask
+
+
+class NotRegularFile(OSError):
+    """A path to read that names a named pipe, a device, a socket or a directory."""
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _refuse_irregular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise NotRegularFile(f"it is {kind}, not a regular file; give the path of the file itself")
+
+
+def open_regular(path: os.PathLike | str, buffering: int = -1) -> BinaryIO:
+    """``open(path, "rb")`` of a regular file; anything else raises ``NotRegularFile`` (an OSError whose
+    str is one line) without blocking: checked before opening, then opened non-blocking (opening a FIFO
+    waits for a writer otherwise) and checked again on the open descriptor (the path may have changed)."""
+    _refuse_irregular(os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        _refuse_irregular(os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=buffering)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _temp_prefix(path: str) -> str:

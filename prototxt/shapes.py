@@ -1,9 +1,9 @@
 """Caffe's shape rules, one function per layer type (the arithmetic of each layer's Reshape).
 
 A rule takes the layer's LayerParameter and its bottom shapes and returns a ``ShapeResult``: the top
-shapes, the shapes of the layer's parameter blobs, and its multiply-accumulates. Rules for further
-(fork or custom) types are added with ``register_shape_rule``; ``converters`` does that for the layer
-implementations it registers, so this module never imports it.
+shapes, the shapes of the layer's parameter blobs, and its multiply-accumulates. The rules of the fork
+types ``converters`` implements are in ``fork_shapes``; rules for further (custom) types are added with
+``register_shape_rule`` (``converters.register_layer(..., shape=...)`` does that for a user's layer).
 """
 from __future__ import annotations
 

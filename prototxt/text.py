@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 
 from . import caffe_pb2
 from .errors import PrototxtSyntaxError
+from .fileio import open_regular
 from .limits import PROTOTXT_ENV, format_bytes, max_prototxt_bytes
 
 
@@ -326,7 +327,7 @@ def read_text(path: os.PathLike | str, max_bytes: Optional[int] = None) -> str:
     (``max_bytes``, else ``$ZOO_MAX_PROTOTXT_BYTES``, else 64 MiB): never more than that is read."""
     limit = max_prototxt_bytes(max_bytes)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read(_SNIFF)
             _refuse_binary(path, data)
             data += f.read(limit + 1 - len(data)) if len(data) <= limit else b""

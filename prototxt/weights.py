@@ -15,7 +15,7 @@ from typing import BinaryIO, Iterator, Optional, Sequence
 import numpy as np
 
 from .errors import WeightsError
-from .fileio import atomic_open
+from .fileio import atomic_open, open_regular
 from .upgrade import v1_type_name
 
 # Field numbers (caffe.proto).
@@ -54,7 +54,7 @@ class _Reader:
     def __init__(self, path: str):
         self.path = path
         try:
-            self.file: BinaryIO = open(path, "rb", buffering=0)
+            self.file: BinaryIO = open_regular(path, buffering=0)
         except OSError as exc:
             raise WeightsError(f"{path}: cannot read: {exc.strerror or exc}") from None
         self.size = os.fstat(self.file.fileno()).st_size

@@ -1,16 +1,14 @@
 """Detection fork layers: ROIPooling (Fast/Faster R-CNN), PSROIPooling (R-FCN), and the well-known
 Python layers served by our own implementations: py-faster-rcnn's proposal layer and test-time
-identities (ENet's spatial dropout). Any other Python layer names user code: never imported, refused."""
+identities (ENet's spatial dropout). Any other Python layer names user code: never imported, refused.
+Their shape rules, and the reading of a Python layer's python_param, are prototxt.fork_shapes'."""
 from __future__ import annotations
 
-import ast
-import re
 import warnings
 
 import numpy as np
 
-from prototxt import shapes
-from prototxt.shapes import ShapeResult
+from prototxt.fork_shapes import proposal_args, python_kind
 
 from ..registry import LayerImpl, register_layer
 from ._common import shape_of, nn_specs
@@ -18,20 +16,7 @@ from ._common import shape_of, nn_specs
 
 # -- ROIPooling / PSROIPooling ----------------------------------------------------------------------------
 
-def _rois_count(layer, rois) -> int:
-    if len(rois) < 2 or int(np.prod(rois[1:])) != 5:
-        shapes.fail(layer, f"the ROIs bottom must be (R, 5) rows (batch, x1, y1, x2, y2), got {rois}")
-    return rois[0]
-
-
-def _roi_pooling_shape(layer, bottoms):
-    p = layer.roi_pooling_param
-    if p.pooled_h <= 0 or p.pooled_w <= 0:
-        shapes.fail(layer, "roi_pooling_param needs pooled_h and pooled_w > 0")
-    return ShapeResult([(_rois_count(layer, bottoms[1]), bottoms[0][1], p.pooled_h, p.pooled_w)])
-
-
-@register_layer("ROIPooling", shape=_roi_pooling_shape)
+@register_layer("ROIPooling")
 class ROIPooling(LayerImpl):
     deterministic = True  # no parameters; the output a fixed function of the inputs
 
@@ -47,20 +32,7 @@ class ROIPooling(LayerImpl):
                  spatial_scale=float(np.float32(p.spatial_scale)))
 
 
-def _psroi_shape(layer, bottoms):
-    p = layer.psroi_pooling_param
-    if not (p.HasField("spatial_scale") and p.HasField("output_dim") and p.HasField("group_size")):
-        shapes.fail(layer, "psroi_pooling_param needs spatial_scale, output_dim and group_size (R-FCN requires all three)")
-    if p.output_dim <= 0 or p.group_size <= 0:
-        shapes.fail(layer, "output_dim and group_size must be > 0")
-    channels = bottoms[0][1]
-    if channels != p.output_dim * p.group_size ** 2:
-        shapes.fail(layer, f"input channels {channels} must be output_dim * group_size^2 = "
-                           f"{p.output_dim * p.group_size ** 2}")
-    return ShapeResult([(_rois_count(layer, bottoms[1]), p.output_dim, p.group_size, p.group_size)])
-
-
-@register_layer("PSROIPooling", shape=_psroi_shape)
+@register_layer("PSROIPooling")
 class PSROIPooling(LayerImpl):
     deterministic = True  # no parameters; the output a fixed function of the inputs
 
@@ -142,110 +114,13 @@ class PythonLayerNote(UserWarning):
     """A well-known Python layer served by caffezoo's own implementation instead of its code."""
 
 
-PROPOSAL = ("rpn.proposal_layer", "ProposalLayer")
-# Layers that pass their bottom through at test time (the param_str must say phase TEST where it has one).
-TEST_IDENTITY = {("spatial_dropout", "SpatialDropoutLayer")}
-_PARAM_ITEM = re.compile(r"""\s*['"]?(\w+)['"]?\s*:\s*([^,\[\(]+|\[[^\]]*\]|\([^\)]*\))\s*(?:,|$)""")
-
-
-def python_kind(proto) -> str | None:
-    key = (proto.python_param.module, proto.python_param.layer)
-    if key == PROPOSAL:
-        return "proposal"
-    if key in TEST_IDENTITY and _test_phase(proto):
-        return "identity"
-    return None
-
-
-def _test_phase(proto) -> bool:
-    """A param_str phase other than TEST (ENet's training nets say 'TRAIN') makes the layer drop channels."""
-    try:
-        return str(param_str(proto).get("phase", "TEST")).upper() == "TEST"
-    except ValueError:
-        return False
-
-
-def param_str(proto) -> dict:
-    """The param_str's 'key': value pairs (a YAML/dict fragment, read as literals only, never evaluated)."""
-    text = proto.python_param.param_str.strip()
-    if len(text) > 4096:
-        raise ValueError(f"layer '{proto.name}': param_str is too long ({len(text)} characters)")
-    text = text[1:-1] if text.startswith("{") and text.endswith("}") else text
-    out, pos = {}, 0
-    while pos < len(text):
-        m = _PARAM_ITEM.match(text, pos)
-        if m is None or m.end() == pos:
-            raise ValueError(f"layer '{proto.name}': cannot read param_str {proto.python_param.param_str!r} "
-                             f"as 'key': value pairs")
-        raw = m.group(2).strip()
-        try:
-            out[m.group(1)] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[m.group(1)] = raw.strip("'\"")
-        pos = m.end()
-    return out
-
-
-PROPOSAL_TEST = dict(pre_nms_top_n=6000, post_nms_top_n=300, nms_thresh=0.7, min_size=16)  # py-faster-rcnn cfg.TEST
-
-
-def proposal_args(proto) -> dict:
-    params = param_str(proto)
-    unknown = set(params) - {"feat_stride", "scales", "ratios"}
-    if unknown or "feat_stride" not in params:
-        raise ValueError(f"layer '{proto.name}' (rpn.proposal_layer.ProposalLayer): param_str needs 'feat_stride' and "
-                         f"may give 'scales', 'ratios'; " + (f"unknown: {', '.join(sorted(unknown))}" if unknown
-                                                             else "no 'feat_stride'"))
-    scales = params.get("scales", (8, 16, 32))
-    ratios = params.get("ratios", (0.5, 1, 2))
-    anchors = generate_anchors(16, np.asarray(ratios, dtype=np.float64), np.asarray(scales, dtype=np.float64))
-    return dict(anchors=anchors.tolist(), feat_stride=int(params["feat_stride"]), **PROPOSAL_TEST)
-
-
-def generate_anchors(base: int, ratios: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """py-faster-rcnn's generate_anchors: the (A, 4) boxes at the first cell, ratio-major order."""
-    def centre(a):
-        w, h = a[2] - a[0] + 1, a[3] - a[1] + 1
-        return w, h, a[0] + 0.5 * (w - 1), a[1] + 0.5 * (h - 1)
-
-    def boxes(ws, hs, cx, cy):
-        return np.stack([cx - 0.5 * (ws - 1), cy - 0.5 * (hs - 1), cx + 0.5 * (ws - 1), cy + 0.5 * (hs - 1)], 1)
-
-    w, h, cx, cy = centre(np.array([0, 0, base - 1, base - 1], dtype=np.float64))
-    ws = np.round(np.sqrt(w * h / ratios))  # numpy rounds halves to even, as the original does
-    by_ratio = boxes(ws, np.round(ws * ratios), cx, cy)
-    out = []
-    for a in by_ratio:
-        w, h, cx, cy = centre(a)
-        out.append(boxes(w * scales, h * scales, cx, cy))
-    return np.concatenate(out, 0)
-
-
-def _python_shape(layer, bottoms):
-    kind = python_kind(layer)
-    if kind is None:
-        raise shapes.UnknownLayer(f"{layer.python_param.module}.{layer.python_param.layer}")
-    if kind == "identity":
-        return ShapeResult([bottoms[0]])
-    args = proposal_args(layer)
-    if bottoms[0][0] != 1:
-        shapes.fail(layer, f"the proposal layer takes one image (py-faster-rcnn: 'Only single item batches are "
-                           f"supported'), got a batch of {bottoms[0][0]}")
-    if len(bottoms) != 3 or bottoms[0][1] != 2 * len(args["anchors"]) or bottoms[1][1] != 4 * len(args["anchors"]):
-        shapes.fail(layer, f"the proposal layer takes scores (1, 2A, H, W), deltas (1, 4A, H, W) and im_info with "
-                           f"A = {len(args['anchors'])} anchors; got {bottoms}")
-    # at most post_nms_top_n rows: the count depends on the data
-    r = args["post_nms_top_n"]
-    return ShapeResult([(r, 5), (r, 1)][:len(layer.top)])
-
-
 def _note(layer, what: str) -> None:
     p = layer.proto.python_param
     warnings.warn(PythonLayerNote(f"layer '{layer.name}': Python layer {p.module}.{p.layer} is served by caffezoo's "
                                   f"own {what} (its code is never imported)"), stacklevel=4)
 
 
-@register_layer("Python", shape=_python_shape)
+@register_layer("Python")
 class Python(LayerImpl):
     def serves(self, layer) -> bool:
         return python_kind(layer.proto) is not None

@@ -1,11 +1,11 @@
 """Segmentation fork layers: Interp (PSPNet/DeepLab), the two forks' BN (SegNet/ENet and PSPNet),
-Upsample (SegNet's max-unpooling by a mask; the one-bottom nearest form) and DenseImageData's shape."""
+and Upsample (SegNet's max-unpooling by a mask; the one-bottom nearest form). Their shape rules (and
+DenseImageData's) are prototxt.fork_shapes'."""
 from __future__ import annotations
 
 import numpy as np
 
-from prototxt import shapes
-from prototxt.shapes import ShapeResult
+from prototxt.fork_shapes import bn_mode
 
 from ..registry import LayerImpl, register_layer
 from ._common import f32, shape_of, top_shape, nn_specs
@@ -13,38 +13,7 @@ from ._common import f32, shape_of, top_shape, nn_specs
 
 # -- Interp -----------------------------------------------------------------------------------------
 
-def _interp_shape(layer, bottoms):
-    """InterpLayer::Reshape: crop by pad_beg/pad_end (<= 0), then a second bottom's size, or the first of
-    shrink, zoom, height/width, shrink and zoom that the parameters give."""
-    p = layer.interp_param
-    if p.pad_beg > 0 or p.pad_end > 0:
-        shapes.fail(layer, f"pad_beg {p.pad_beg} / pad_end {p.pad_end} must be <= 0 (Interp only crops)")
-    n, c, h, w = bottoms[0]
-    h_in, w_in = h + p.pad_beg + p.pad_end, w + p.pad_beg + p.pad_end
-    if h_in <= 0 or w_in <= 0:
-        shapes.fail(layer, f"cropping {-p.pad_beg}+{-p.pad_end} leaves nothing of {h}x{w}")
-    shrink, zoom = p.HasField("shrink_factor"), p.HasField("zoom_factor")
-    if len(bottoms) > 1:  # the forks' "resize to a reference blob" form: its height and width
-        return ShapeResult([(n, c) + tuple(bottoms[1][2:4])])
-    if (shrink and p.shrink_factor < 1) or (zoom and p.zoom_factor < 1):
-        shapes.fail(layer, "shrink_factor and zoom_factor must be >= 1")
-    if shrink and not zoom:
-        out = ((h_in - 1) // p.shrink_factor + 1, (w_in - 1) // p.shrink_factor + 1)
-    elif zoom and not shrink:
-        out = (h_in + (h_in - 1) * (p.zoom_factor - 1), w_in + (w_in - 1) * (p.zoom_factor - 1))
-    elif p.HasField("height") and p.HasField("width"):
-        out = (p.height, p.width)
-    elif shrink and zoom:
-        hs, ws = (h_in - 1) // p.shrink_factor + 1, (w_in - 1) // p.shrink_factor + 1
-        out = (hs + (hs - 1) * (p.zoom_factor - 1), ws + (ws - 1) * (p.zoom_factor - 1))
-    else:
-        shapes.fail(layer, "give zoom_factor, shrink_factor or height and width in interp_param")
-    if min(out) <= 0:
-        shapes.fail(layer, f"output size {out} must be positive")
-    return ShapeResult([(n, c) + tuple(out)])
-
-
-@register_layer("Interp", shape=_interp_shape)
+@register_layer("Interp")
 class Interp(LayerImpl):
     deterministic = True  # no parameters; the output a fixed function of the inputs
 
@@ -72,33 +41,12 @@ class Interp(LayerImpl):
 
 # -- BN ---------------------------------------------------------------------------------------------
 
-PSPNET_FIELDS = ("slope_filler", "bias_filler", "momentum", "frozen")
-
-
-def bn_mode(proto) -> str:
-    """Which fork's BN: PSPNet's (slope/bias/mean/variance, 4 blobs) by its own fields or 4 param specs,
-    else SegNet/ENet's (scale/shift, 2 blobs) in its bn_mode."""
-    p = proto.bn_param
-    if any(p.HasField(f) for f in PSPNET_FIELDS) or len(proto.param) == 4:
-        return "PSPNET"
-    return "INFERENCE" if p.bn_mode == p.INFERENCE else "LEARN"
-
-
-def _bn_shape(layer, bottoms):
-    if len(bottoms[0]) != 4:
-        shapes.fail(layer, f"BN needs a 4-axis input (N, C, H, W), got {bottoms[0]}")
-    if len(layer.top) > 1:
-        shapes.fail(layer, "the batch mean/variance tops of SegNet's BN are training outputs; deploy nets have one top")
-    blob = (1, bottoms[0][1], 1, 1)
-    return ShapeResult([bottoms[0]], [blob] * (4 if bn_mode(layer) == "PSPNET" else 2))
-
-
 def _bn_eps(layer) -> float:
     # SegNet's layer fixes var_eps_ = 1e-9 and has no eps field; PSPNet reads bn_param.eps
     return layer.proto.bn_param.eps if bn_mode(layer.proto) == "PSPNET" else 1e-9
 
 
-@register_layer("BN", shape=_bn_shape)
+@register_layer("BN")
 class BN(LayerImpl):
     def torch(self, layer, graph):
         mode = bn_mode(layer.proto)
@@ -126,30 +74,7 @@ class BN(LayerImpl):
 
 # -- Upsample -----------------------------------------------------------------------------------------
 
-def _upsample_shape(layer, bottoms):
-    """SegNet's UpsampleLayer::Reshape with a mask bottom: upsample_h/w if given, else H * scale
-    (minus 1 where pad_out_h/w, which needs scale 2); one bottom: nearest, H * scale."""
-    p = layer.upsample_param
-    n, c, h, w = bottoms[0]
-    if len(bottoms) == 1:
-        if p.scale < 1:
-            shapes.fail(layer, f"scale {p.scale} must be >= 1")
-        return ShapeResult([(n, c, h * p.scale, w * p.scale)])
-    if bottoms[1] != bottoms[0]:
-        shapes.fail(layer, f"the mask {bottoms[1]} must have the input's shape {bottoms[0]}")
-    if p.HasField("upsample_h") and p.HasField("upsample_w"):
-        out = (p.upsample_h, p.upsample_w)
-    else:
-        sh, sw = (p.scale_h, p.scale_w) if p.HasField("scale_h") else (p.scale, p.scale)
-        if (p.pad_out_h and sh != 2) or (p.pad_out_w and sw != 2):
-            shapes.fail(layer, "pad_out_h/pad_out_w work only with scale 2")
-        out = (h * sh - int(p.pad_out_h), w * sw - int(p.pad_out_w))
-    if min(out) <= 1:
-        shapes.fail(layer, f"upsampled size {out} must be > 1")
-    return ShapeResult([(n, c) + tuple(out)])
-
-
-@register_layer("Upsample", shape=_upsample_shape)
+@register_layer("Upsample")
 class Upsample(LayerImpl):
     deterministic = True  # no parameters; the output a fixed function of the inputs
 
@@ -176,20 +101,3 @@ class Upsample(LayerImpl):
         scattered = ctx.node("ScatterElements", [zeros, index, values], axis=2)[0]
         ctx.node("Reshape", [scattered, ctx.ints([0, 0, h, w])], [layer.tops[0]])
 
-
-# -- DenseImageData -------------------------------------------------------------------------------------
-
-@shapes.register_shape_rule("DenseImageData")
-def _dense_image_data(layer, bottoms):
-    """SegNet/ENet's image + label-image data layer: crop, else new_height/new_width; the label is
-    (N, 1, H, W). At deploy it is an input like any data layer."""
-    p = layer.dense_image_data_param
-    channels = 3 if p.is_color else 1
-    if p.crop_height and p.crop_width:
-        h, w = p.crop_height, p.crop_width
-    elif p.new_height and p.new_width:
-        h, w = p.new_height, p.new_width
-    else:
-        raise shapes.UnknownInputShape("the image size comes from the images (no new_height/new_width or "
-                                       "crop_height/crop_width)")
-    return ShapeResult([(p.batch_size, channels, h, w), (p.batch_size, 1, h, w)][:len(layer.top)])

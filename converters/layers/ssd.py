@@ -11,16 +11,15 @@ over the ranked candidates reads one row per step, every image and class
 at once: the standard NonMaxSuppression op has no eta, limits the boxes it keeps rather than the
 candidates it ranks (Caffe's top_k), and reorders each box's corners, so an inverted box would
 suppress others where Caffe's overlaps nothing.
+
+The shape rules of these types, and the parameter readers shared with them, are prototxt.fork_shapes'.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from prototxt import shapes
 from prototxt.errors import CaffeError
-from prototxt.shapes import ShapeResult, fail
+from prototxt.fork_shapes import legacy_hw, permute_order, prior_sizes
 
 from ..registry import LayerImpl, register_layer
 from ._common import f32, nn_specs, shape_of
@@ -30,27 +29,9 @@ CODE_TYPES = {1: "CORNER", 2: "CENTER_SIZE", 3: "CORNER_SIZE"}
 FLOAT, INT64, BOOL = 1, 7, 9  # onnx.TensorProto's codes: onnx itself is imported only on the ONNX path
 
 
-def legacy_hw(shape) -> tuple[int, int]:
-    """Caffe's legacy height() and width(): axes 2 and 3, 1 where the blob has fewer axes."""
-    return (shape[2] if len(shape) > 2 else 1), (shape[3] if len(shape) > 3 else 1)
-
-
 # -- Permute ---------------------------------------------------------------------------------------
 
-def permute_order(layer, n_axes: int) -> list[int]:
-    """The full order: the given axes, then the missing ones in order (Caffe's LayerSetUp)."""
-    order = list(layer.permute_param.order)
-    if any(o >= n_axes for o in order) or len(set(order)) != len(order):
-        fail(layer, f"order {order} needs distinct axes below the input's {n_axes}")
-    return order + [i for i in range(n_axes) if i not in order]
-
-
-def _permute_shape(layer, bottoms):
-    x = bottoms[0]
-    return ShapeResult([tuple(x[o] for o in permute_order(layer, len(x)))])
-
-
-@register_layer("Permute", shape=_permute_shape)
+@register_layer("Permute")
 class Permute(LayerImpl):
     deterministic = True
 
@@ -63,51 +44,6 @@ class Permute(LayerImpl):
 
 
 # -- PriorBox --------------------------------------------------------------------------------------
-
-def aspect_ratios(p) -> list[float]:
-    """1, then each new ratio (and its inverse with flip), as Caffe's float list."""
-    out = [1.0]
-    for ar in (float(np.float32(a)) for a in p.aspect_ratio):
-        if all(abs(ar - have) >= 1e-6 for have in out):
-            out.append(ar)
-            if p.flip:
-                out.append(float(np.float32(1.0 / ar)))
-    return out
-
-
-def prior_sizes(p) -> list[list[float]]:
-    """Each prior's (width, height) at one location, in Caffe's order and float32 values: per min_size
-    (truncated to int, as Caffe reads it) the square, then sqrt(min*max), then the other ratios."""
-    sizes = []
-    for i, min_size in enumerate(p.min_size):
-        m = int(min_size)
-        sizes.append([float(m), float(m)])
-        if p.max_size:
-            side = float(np.float32(math.sqrt(m * int(p.max_size[i]))))
-            sizes.append([side, side])
-        for ar in aspect_ratios(p):
-            if abs(ar - 1.0) < 1e-6:
-                continue
-            root = np.sqrt(np.float32(ar))
-            sizes.append([float(np.float32(m * root)), float(np.float32(m / root))])
-    return sizes
-
-
-def _prior_box_shape(layer, bottoms):
-    p = layer.prior_box_param
-    if not p.min_size or any(s <= 0 for s in p.min_size):
-        fail(layer, "needs positive min_size values")
-    if p.max_size and (len(p.max_size) != len(p.min_size) or any(a <= b for a, b in zip(p.max_size, p.min_size))):
-        fail(layer, "needs one max_size per min_size, each greater than it")
-    if len(p.variance) not in (0, 1, 4) or any(v <= 0 for v in p.variance):
-        fail(layer, f"needs 1 or 4 positive variances, got {list(p.variance)}")
-    if p.HasField("img_size") and (p.HasField("img_h") or p.HasField("img_w")):
-        fail(layer, "gives both img_size and img_h/img_w; give one")
-    if p.HasField("step") and (p.HasField("step_h") or p.HasField("step_w")):
-        fail(layer, "gives both step and step_h/step_w; give one")
-    h, w = legacy_hw(bottoms[0])
-    return ShapeResult([(1, 2, h * w * len(prior_sizes(p)) * 4)])
-
 
 def prior_box_args(layer) -> dict:
     p = layer.proto.prior_box_param
@@ -140,7 +76,7 @@ def prior_boxes(args: dict, feature, image) -> np.ndarray:
     return np.stack([boxes.reshape(-1), var.reshape(-1)])[None]
 
 
-@register_layer("PriorBox", shape=_prior_box_shape)
+@register_layer("PriorBox")
 class PriorBox(LayerImpl):
     deterministic = True
 
@@ -155,14 +91,7 @@ class PriorBox(LayerImpl):
 
 # -- Normalize -------------------------------------------------------------------------------------
 
-def _normalize_shape(layer, bottoms):
-    x = bottoms[0]
-    if not 2 <= len(x) <= 4:
-        fail(layer, f"takes 2 to 4 axes (num, channels, height, width), got {len(x)}")
-    return ShapeResult([x], [() if layer.norm_param.channel_shared else (x[1],)])
-
-
-@register_layer("Normalize", shape=_normalize_shape)
+@register_layer("Normalize")
 class Normalize(LayerImpl):
     def torch(self, layer, graph):
         p = layer.proto.norm_param
@@ -184,7 +113,7 @@ class Normalize(LayerImpl):
 
 # -- ReLU6 -----------------------------------------------------------------------------------------
 
-@register_layer("ReLU6", shape=shapes.same_shape)
+@register_layer("ReLU6")
 class ReLU6(LayerImpl):
     deterministic = True
 
@@ -209,24 +138,6 @@ def _refuse_unsupported(layer) -> None:
                          f"converted net does not do; set visualize: false")
 
 
-def _detection_output_shape(layer, bottoms):
-    p = layer.detection_output_param
-    if len(bottoms) < 3:
-        fail(layer, "needs the location, confidence and prior bottoms")
-    if not p.HasField("num_classes"):
-        fail(layer, "needs num_classes")
-    if p.nms_param.nms_threshold < 0 or not 0 < p.nms_param.eta <= 1:
-        fail(layer, "needs nms_threshold >= 0 and 0 < eta <= 1")
-    priors = legacy_hw(bottoms[2])[0] // 4
-    loc_classes = 1 if p.share_location else p.num_classes
-    if shapes.count(bottoms[0], 1) != priors * loc_classes * 4 or shapes.count(bottoms[1], 1) != priors * p.num_classes:
-        fail(layer, f"{priors} priors need {priors * loc_classes * 4} locations and {priors * p.num_classes} "
-                    f"confidences per image, got {shapes.count(bottoms[0], 1)} and {shapes.count(bottoms[1], 1)}")
-    if bottoms[0][0] != bottoms[1][0]:
-        fail(layer, "location and confidence bottoms need the same batch size")
-    return ShapeResult([(1, 1, 1, 7)])  # Caffe's Reshape; Forward gives one row per detection
-
-
 def detection_output_args(layer) -> dict:
     _refuse_unsupported(layer.proto)
     p = layer.proto.detection_output_param
@@ -239,7 +150,7 @@ def detection_output_args(layer) -> dict:
                 variance_encoded_in_target=p.variance_encoded_in_target)
 
 
-@register_layer("DetectionOutput", shape=_detection_output_shape)
+@register_layer("DetectionOutput")
 class DetectionOutput(LayerImpl):
     deterministic = True
 

@@ -432,7 +432,7 @@ def test_proposal_layer_numpy_transcription(tmp_path):
 
 
 def test_proposal_anchors_are_generate_anchors():
-    from converters.layers.rcnn import generate_anchors
+    from prototxt.fork_shapes import generate_anchors
     got = generate_anchors(16, np.array([0.5, 1, 2]), np.array([8, 16, 32]))
     assert np.array_equal(got, ANCHORS)
 

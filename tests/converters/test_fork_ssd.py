@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters import export_folder, registered_types, to_onnx, to_pytorch
+from converters import export_folder, to_onnx, to_pytorch
 from prototxt import CaffeError, load_net
 from tests.converters.common import (atol, close, describe, fixture_weights, io_arrays, meta, onnx_values, ort_run,
                                      torch_cpu, torch_values, RTOL)
@@ -29,7 +29,6 @@ FORK_CAFFE = ["layers/relu6", "layers/permute_orders", "layers/priorbox_basic", 
 OPENCV = ["mobilenet_ssd_deploy_bn", "mobilenet_ssd_deploy_merged_bn", "mobilenetv2_ssdlite", "ultraface_rfb320",
           "ultraface_slim320", "yufacedetectnet_v1", "yufacedetectnet_v2"]
 BACKENDS = ("torch", "onnx")
-registered_types()  # load_net knows the SSD shape rules once the layer families are registered
 
 
 def _fixtures(kind: str, names: list[str]):

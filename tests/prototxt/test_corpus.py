@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from converters import registry  # the built-in fork layer families register their shape rules on import
+from converters import registry
 from prototxt import (InputShapeRequired, MissingBottomError, SizeLimitError, UnsupportedLayers, attach_weights,
                       caffe_pb2, load_net, read_caffemodel, read_net)
 from prototxt.shapes import shape_rule

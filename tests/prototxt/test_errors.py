@@ -2,6 +2,9 @@
 library and from `zoo info` (exit code 1, that line alone on stderr)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import warnings
 
@@ -9,8 +12,9 @@ import numpy as np
 import pytest
 
 from prototxt import (GraphError, MissingBottomError, PrototxtSyntaxError, ShapeError, UnsupportedLayers,
-                      WeightsError, caffe_pb2, load_net, load_solver, write_caffemodel)
+                      WeightsError, caffe_pb2, load_net, load_solver, read_caffemodel, write_caffemodel)
 from prototxt.text import ForkParamWarning
+from tests.helpers import REPO
 from zoo.cli import main
 
 INPUT = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }\n'
@@ -168,6 +172,40 @@ def test_solver_file_naming_its_net_says_to_load_that(tmp_path, capsys):
 def test_unreadable_file(tmp_path, capsys):
     path = tmp_path / "absent.prototxt"
     assert cli_error(capsys, "info", path) == f"{path}: cannot read: No such file or directory"
+
+
+FIFO_READERS = """
+import sys
+from prototxt import CaffeError, load_blob, load_net, read_caffemodel
+for read in (load_net, read_caffemodel, load_blob):
+    try:
+        read(sys.argv[1])
+    except CaffeError as exc:
+        print(exc)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_a_named_pipe_is_refused_without_blocking(tmp_path):
+    """open() on a FIFO waits for a writer forever: each reader refuses it in one line first (a subprocess
+    with a timeout, so that a regression fails instead of hanging the suite)."""
+    fifo = tmp_path / "net.prototxt"
+    os.mkfifo(fifo)
+    done = subprocess.run([sys.executable, "-c", FIFO_READERS, str(fifo)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    want = f"{fifo}: cannot read: it is a named pipe (FIFO), not a regular file; give the path of the file itself"
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [want] * 3
+    cli = subprocess.run([sys.executable, "-m", "zoo", "info", str(fifo)], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert (cli.returncode, cli.stderr) == (1, f"zoo: error: {want}\n")
+
+
+def test_a_directory_or_device_is_refused_in_one_line(tmp_path, capsys):
+    assert cli_error(capsys, "info", tmp_path) == (f"{tmp_path}: cannot read: it is a directory, not a regular file; "
+                                                   f"give the path of the file itself")
+    with pytest.raises(WeightsError, match="it is a character device, not a regular file"):
+        read_caffemodel(os.devnull)
 
 
 def test_traceback_only_with_zoo_debug(tmp_path, capsys, monkeypatch):

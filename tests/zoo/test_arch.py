@@ -19,7 +19,6 @@ from typing import Callable
 import numpy as np
 import pytest
 
-import converters  # noqa: F401  (the fork layer types' shape rules: SSD cards)
 from prototxt import attach_weights, build_graph, caffe_pb2, read_net
 from prototxt.text import to_text
 from tests.helpers import SHARED, shared_dir, shared_params

@@ -260,3 +260,19 @@ def test_zoo_finetune_stops_at_the_first_non_finite_loss(tiny, tmp_path, capsys)
                               "--freeze-until", "conv1"])
     assert "iteration 0" in line and ("nan" in line or "inf" in line)
     assert not list((tmp_path / "o").glob("*.caffemodel")) and not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_zoo_finetune_stops_at_a_non_finite_validation_loss(tiny, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", data=rng.uniform(0, 255, (6, 3, 32, 32)).astype(np.float32),
+             labels=np.arange(6) % 3)
+    val = rng.uniform(0, 255, (3, 3, 32, 32)).astype(np.float32)
+    val[1] = np.inf
+    np.savez(tmp_path / "val.npz", data=val, labels=np.arange(3))
+    prototxt, weights = tiny
+    line = _one_line(capsys, ["finetune", prototxt, "--weights", weights, "--data", tmp_path / "train.npz",
+                              "--val", tmp_path / "val.npz", "--num-classes", 3, "-o", tmp_path / "o", "--quiet",
+                              "--epochs", 1, "--batch-size", 3, "--device", "cpu", "--freeze-until", "conv1"])
+    assert "the validation loss is" in line and "after epoch 1 (iteration 2)" in line
+    assert "nan" in line or "inf" in line
+    assert not (tmp_path / "o" / "metrics.json").exists() and not (tmp_path / "o" / "checkpoints" / "best.pt").exists()

@@ -38,7 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import converters  # noqa: F401  (the fork layer types' shape rules; imports neither torch nor onnx)
     from prototxt import CaffeError, MissingBottomError, attach_weights, build_graph
     from zoo import netinfo
 

@@ -30,7 +30,6 @@ class Model:
 
     def graph(self, input_shapes: Optional[Mapping[str, Sequence[int]]] = None, *, weights: bool = True) -> Graph:
         """The deploy graph (TEST phase) shaped by ``input_shapes``, with the weights attached."""
-        import converters  # noqa: F401  (the fork layer types' shape rules)
         graph = build_graph(self.net, input_shapes=input_shapes, source=self.source, upgrades=self.upgrades)
         if weights and self.weights is not None:
             attach_weights(graph, self.weights)

@@ -625,11 +625,21 @@ def _evaluate(run: _Run, loader: Loader, features) -> tuple[float, float]:
     return loss / n, hits / n
 
 
+def _check_finite_validation(val_loss: float, val_acc: float, epoch: int, it: int) -> None:
+    """Stop on a NaN or infinite validation loss (or accuracy), as training stops on its loss: the epoch
+    would otherwise be recorded, and a NaN compares false, so the best-epoch choice would go wrong."""
+    if not (np.isfinite(val_loss) and np.isfinite(val_acc)):
+        raise FinetuneError(f"zoo finetune: the validation loss is {val_loss} (accuracy {val_acc}) after epoch "
+                            f"{epoch + 1} (iteration {it}); stopped without recording that epoch or saving it as "
+                            f"the best. Look for NaN or inf in the validation data, or lower base_lr")
+
+
 def _end_epoch(run: _Run, solver, val_loader: Loader, val_features, epoch: int, fingerprint: dict) -> None:
     if not distributed.is_main():
         run.epoch = _Epoch()
         return  # process 0 alone validates and writes
     val_loss, val_acc = _evaluate(run, val_loader, val_features)
+    _check_finite_validation(val_loss, val_acc, epoch, solver.iter)
     e = run.epoch
     row = {"epoch": epoch + 1, "iter": solver.iter, "train_loss": e.loss / e.count, "train_acc": e.hits / e.count,
            "val_loss": val_loss, "val_acc": val_acc, "images_per_s": e.count / max(e.seconds, 1e-9), "lr": e.lr}
