@@ -883,11 +883,14 @@ class PSROIPooling(CaffeModule):
 class Proposal(CaffeModule):
     """py-faster-rcnn's rpn.proposal_layer.ProposalLayer at TEST: anchors + deltas, clipped to the image,
     boxes under min_size * scale dropped, the pre_nms_top_n best, NMS, the post_nms_top_n kept; rows
-    (0, x1, y1, x2, y2). ``anchors`` are the (A, 4) base anchors (generate_anchors)."""
+    (0, x1, y1, x2, y2). ``anchors`` are the (A, 4) base anchors (generate_anchors). With ``scores_top``
+    (a prototxt giving two tops) also the kept boxes' foreground scores, (R, 1), as a second output."""
 
-    def __init__(self, anchors, feat_stride, pre_nms_top_n=6000, post_nms_top_n=300, nms_thresh=0.7, min_size=16):
+    def __init__(self, anchors, feat_stride, pre_nms_top_n=6000, post_nms_top_n=300, nms_thresh=0.7, min_size=16,
+                 scores_top=False):
         super().__init__(anchors=anchors, feat_stride=feat_stride, pre_nms_top_n=pre_nms_top_n,
-                         post_nms_top_n=post_nms_top_n, nms_thresh=nms_thresh, min_size=min_size)
+                         post_nms_top_n=post_nms_top_n, nms_thresh=nms_thresh, min_size=min_size,
+                         scores_top=scores_top)
 
     def _anchors(self, height, width):
         a = self.args
@@ -923,7 +926,8 @@ class Proposal(CaffeModule):
         props, scores = props[order], scores[order]
         kept = _nms(props, a["nms_thresh"], a["post_nms_top_n"])
         props = props[kept]
-        return torch.cat([props.new_zeros(props.shape[0], 1), props], 1)
+        rois = torch.cat([props.new_zeros(props.shape[0], 1), props], 1)
+        return (rois, scores[kept].reshape(-1, 1)) if a["scores_top"] else rois
 
 
 def _nms(boxes, thresh, limit):

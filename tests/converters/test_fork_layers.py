@@ -365,7 +365,8 @@ ANCHORS = np.array([[-83, -39, 100, 56], [-175, -87, 192, 104], [-359, -183, 376
 
 
 def proposal_reference(scores, deltas, im_info, stride, pre_n=6000, post_n=300, thresh=0.7, min_size=16):
-    """rpn/proposal_layer.py's forward at TEST, with bbox_transform_inv, clip_boxes and py_cpu_nms."""
+    """rpn/proposal_layer.py's forward at TEST, with bbox_transform_inv, clip_boxes and py_cpu_nms: the rois
+    top and the optional scores top (the kept boxes' foreground scores, (R, 1))."""
     a = len(ANCHORS)
     scores = scores[:, a:, :, :]
     height, width = scores.shape[-2:]
@@ -399,8 +400,8 @@ def proposal_reference(scores, deltas, im_info, stride, pre_n=6000, post_n=300, 
         h = np.maximum(0.0, np.minimum(y2[i], y2[order[1:]]) - np.maximum(y1[i], y1[order[1:]]) + 1)
         inter = w * h
         order = order[np.where(inter / (areas[i] + areas[order[1:]] - inter) <= thresh)[0] + 1]
-    props = props[kept[:post_n]]
-    return np.hstack((np.zeros((len(props), 1), np.float32), props.astype(np.float32)))
+    props, scores = props[kept[:post_n]], scores[kept[:post_n]].reshape(-1, 1)
+    return np.hstack((np.zeros((len(props), 1), np.float32), props.astype(np.float32))), scores
 
 
 PROPOSAL_NET = ('input: "score" input_shape { dim: 1 dim: 18 dim: 7 dim: 9 }\n'
@@ -417,18 +418,26 @@ def _proposal_inputs(seed: int):
             "im_info": np.array([[103, 139, 1.3]], np.float32)}
 
 
-def test_proposal_layer_numpy_transcription(tmp_path):
-    """py-faster-rcnn's proposal layer, served by our own implementation, with a note saying so."""
-    graph = load_net(_net(tmp_path, PROPOSAL_NET % "'feat_stride': 16"))
+@pytest.mark.parametrize("tops", [1, 2])
+def test_proposal_layer_numpy_transcription(tmp_path, tops):
+    """py-faster-rcnn's proposal layer, served by our own implementation, with a note saying so; with two
+    tops, the second is the kept proposals' scores."""
+    text = PROPOSAL_NET % "'feat_stride': 16"
+    if tops == 2:
+        text = text.replace('top: "rois"', 'top: "rois" top: "scores"')
+    graph = load_net(_net(tmp_path, text))
     assert graph.values["rois"].shape == (300, 5)  # at most post_nms_top_n rows
     ins = _proposal_inputs(13)
-    ref = proposal_reference(ins["score"], ins["delta"], ins["im_info"], 16)
-    assert 20 < len(ref) < 7 * 9 * 9  # the min-size filter and NMS both removed boxes
+    rois, scores = proposal_reference(ins["score"], ins["delta"], ins["im_info"], 16)
+    assert 20 < len(rois) < 7 * 9 * 9  # the min-size filter and NMS both removed boxes
     with pytest.warns(PythonLayerNote, match="rpn.proposal_layer.ProposalLayer is served by caffezoo's own"):
         got_torch, got_onnx = _both(graph, ins)
     for got in (got_torch, got_onnx):
-        assert got["rois"].shape == ref.shape
-        assert np.allclose(got["rois"], ref, rtol=RTOL, atol=atol(ref))
+        assert sorted(got) == ["rois", "scores"][:tops]
+        assert got["rois"].shape == rois.shape
+        assert np.allclose(got["rois"], rois, rtol=RTOL, atol=atol(rois))
+        if tops == 2:
+            assert np.array_equal(got["scores"], scores)  # the inputs' own values, picked
 
 
 def test_proposal_anchors_are_generate_anchors():
