@@ -357,6 +357,42 @@ def test_psroi_pooling(tmp_path):
         _check(got, {"y": ref})
 
 
+EDGE_ROIS = np.array([[1, 100.0, 80.0, 300.0, 200.0],    # past the right and bottom edges: bins clipped
+                      [0, 500.0, 20.0, 600.0, 60.0],     # completely right of the map: every bin empty -> 0
+                      [1, -90.0, -70.0, -20.0, -30.0],   # completely above-left of the map: every bin empty -> 0
+                      [0, 60.0, 50.0, 20.0, 10.0],       # degenerate (x2 < x1, y2 < y1): a one-cell ROI
+                      [1, 8.0, 8.0, 8.0, 8.0],           # one point, batch index 1
+                      [0, -7.9, -8.1, 151.9, 120.0]], np.float32)  # the whole map and a little more
+
+
+def _random_rois(rng, count: int, batch: int, height: int, width: int, scale: float) -> np.ndarray:
+    """ROIs of all sizes in image coordinates, some past the map's edges, on any batch item."""
+    centre = rng.uniform(-0.2, 1.2, (count, 2)) * np.array([width, height]) / scale
+    half = rng.uniform(0, 0.8, (count, 2)) * np.array([width, height]) / scale
+    boxes = np.concatenate([centre - half, centre + half], 1)
+    return np.concatenate([rng.integers(0, batch, (count, 1)), boxes], 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["edges", "random"])
+def test_roi_pooling_edge_and_random_rois(tmp_path, kind):
+    """ROIs partly or completely off the map, degenerate, on batch item 1, and many random ones over a
+    larger map (bins up to 10 cells: every range-max level the vectorised module uses)."""
+    shape, pooled = ((2, 18, 7, 9), (3, 4)) if kind == "edges" else ((2, 5, 30, 41), (3, 2))
+    rng = np.random.default_rng(21)
+    rois = EDGE_ROIS if kind == "edges" else _random_rois(rng, 60, 2, *shape[2:], 0.0625)
+    graph = load_net(_net(tmp_path, f'input: "x" input_shape {{ {" ".join(f"dim: {d}" for d in shape)} }}\n'
+                                    f'input: "rois" input_shape {{ dim: {len(rois)} dim: 5 }}\n'
+                                    'layer { name: "pool" type: "ROIPooling" bottom: "x" bottom: "rois" top: "y" '
+                                    f'roi_pooling_param {{ pooled_h: {pooled[0]} pooled_w: {pooled[1]} '
+                                    'spatial_scale: 0.0625 } }\n'))
+    x = rng.standard_normal(shape).astype(np.float32)
+    ref = roi_pooling_reference(x, rois, *pooled, 0.0625)
+    if kind == "edges":
+        assert not ref[1:3].any() and ref[0].any() and ref[3:].all()
+    for got in _both(graph, {"x": x, "rois": rois}):
+        assert np.array_equal(got["y"], ref)
+
+
 # py-faster-rcnn's generate_anchors() with its defaults (base 16, ratios 0.5/1/2, scales 8/16/32): the table
 # of its docstring, which is the 1-based MATLAB output, minus 1 (the Python code starts from [0, 0, 15, 15])
 ANCHORS = np.array([[-83, -39, 100, 56], [-175, -87, 192, 104], [-359, -183, 376, 200],
