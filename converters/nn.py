@@ -840,27 +840,22 @@ def _window_maxima(planes, pairs):
 
 def _bin_max(planes, batch, hs, he, ws, we):
     """(bins, c): the max of (n, h, w, c) planes over each bin [hs, he) x [ws, we) of item batch, an empty
-    bin 0. Each bin's four corner windows are rows of the stacked window-max maps its level pairs need."""
+    bin 0. One level pair at a time (at most three maps alive): its bins' four corner windows, gathered."""
     full = (he > hs) & (we > ws)
     levels = _level(he - hs) * 64 + _level(we - ws)  # one key per (rows, cols) level pair; levels < 64
-    tables, offset = [], 0
-    corners = torch.zeros(4, batch.shape[0], dtype=torch.int64)  # empty bins read row 0, zeroed after
+    out = planes.new_zeros(batch.shape[0], planes.shape[3])
     for i, j, m in _window_maxima(planes, [divmod(k, 64) for k in torch.unique(levels[full]).tolist()]):
-        at = full & (levels == i * 64 + j)
-        base = batch * m.shape[1]
-        r0, r1 = (base + hs) * m.shape[2] + offset, (base + he - (1 << i)) * m.shape[2] + offset
-        for k, v in enumerate((r0 + ws, r0 + we - (1 << j), r1 + ws, r1 + we - (1 << j))):
-            corners[k] = torch.where(at, v, corners[k])
-        tables.append(m.reshape(-1, planes.shape[3]))
-        offset += tables[-1].shape[0]
-    if not tables:
-        return planes.new_zeros(batch.shape[0], planes.shape[3])
-    table = torch.cat(tables) if len(tables) > 1 else tables[0]
-    out, read = table.index_select(0, corners[0]), None
-    for k in range(1, 4):
-        read = torch.index_select(table, 0, corners[k], out=read)
-        torch.maximum(out, read, out=out)
-    return out.masked_fill_(~full[:, None], 0)
+        at = torch.nonzero(full & (levels == i * 64 + j)).reshape(-1)
+        base = batch[at] * m.shape[1]
+        r0, r1 = (base + hs[at]) * m.shape[2], (base + he[at] - (1 << i)) * m.shape[2]
+        c0, c1 = ws[at], we[at] - (1 << j)
+        m = m.reshape(-1, planes.shape[3])
+        best, read = m.index_select(0, r0 + c0), None
+        for corner in (r0 + c1, r1 + c0, r1 + c1):
+            read = torch.index_select(m, 0, corner, out=read)
+            torch.maximum(best, read, out=best)
+        out.index_copy_(0, at, best)
+    return out
 
 
 class ROIPooling(CaffeModule):
