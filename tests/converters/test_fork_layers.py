@@ -333,9 +333,13 @@ ROIS = np.array([[0, 3.5, 7.2, 60.0, 40.4],      # ordinary
                  [0, 88.0, 8.5, 131.9, 87.5]], np.float32)
 
 
+def _pool_net(tmp_path, shape, count: int, layer: str) -> Path:
+    return _net(tmp_path, f'input: "x" input_shape {{ {" ".join(f"dim: {d}" for d in shape)} }}\n'
+                          f'input: "rois" input_shape {{ dim: {count} dim: 5 }}\n' + layer)
+
+
 def _roi_net(tmp_path, layer: str) -> Path:
-    return _net(tmp_path, 'input: "x" input_shape { dim: 2 dim: 18 dim: 7 dim: 9 }\n'
-                          'input: "rois" input_shape { dim: 6 dim: 5 }\n' + layer)
+    return _pool_net(tmp_path, (2, 18, 7, 9), len(ROIS), layer)
 
 
 def test_roi_pooling(tmp_path):
@@ -380,17 +384,32 @@ def test_roi_pooling_edge_and_random_rois(tmp_path, kind):
     shape, pooled = ((2, 18, 7, 9), (3, 4)) if kind == "edges" else ((2, 5, 30, 41), (3, 2))
     rng = np.random.default_rng(21)
     rois = EDGE_ROIS if kind == "edges" else _random_rois(rng, 60, 2, *shape[2:], 0.0625)
-    graph = load_net(_net(tmp_path, f'input: "x" input_shape {{ {" ".join(f"dim: {d}" for d in shape)} }}\n'
-                                    f'input: "rois" input_shape {{ dim: {len(rois)} dim: 5 }}\n'
-                                    'layer { name: "pool" type: "ROIPooling" bottom: "x" bottom: "rois" top: "y" '
-                                    f'roi_pooling_param {{ pooled_h: {pooled[0]} pooled_w: {pooled[1]} '
-                                    'spatial_scale: 0.0625 } }\n'))
+    graph = load_net(_pool_net(tmp_path, shape, len(rois), 'layer { name: "pool" type: "ROIPooling" bottom: "x" '
+                               f'bottom: "rois" top: "y" roi_pooling_param {{ pooled_h: {pooled[0]} '
+                               f'pooled_w: {pooled[1]} spatial_scale: 0.0625 }} }}\n'))
     x = rng.standard_normal(shape).astype(np.float32)
     ref = roi_pooling_reference(x, rois, *pooled, 0.0625)
     if kind == "edges":
         assert not ref[1:3].any() and ref[0].any() and ref[3:].all()
     for got in _both(graph, {"x": x, "rois": rois}):
         assert np.array_equal(got["y"], ref)
+
+
+@pytest.mark.parametrize("kind", ["edges", "random"])
+def test_psroi_pooling_edge_and_random_rois(tmp_path, kind):
+    """The same ROIs through R-FCN's PSROIPooling (group 3 over the small map, 2 over the larger one)."""
+    shape, group = ((2, 18, 7, 9), 3) if kind == "edges" else ((2, 8, 30, 41), 2)
+    rng = np.random.default_rng(22)
+    rois = EDGE_ROIS if kind == "edges" else _random_rois(rng, 60, 2, *shape[2:], 0.0625)
+    graph = load_net(_pool_net(tmp_path, shape, len(rois), 'layer { name: "ps" type: "PSROIPooling" bottom: "x" '
+                               'bottom: "rois" top: "y" psroi_pooling_param { spatial_scale: 0.0625 output_dim: 2 '
+                               f'group_size: {group} }} }}\n'))
+    x = rng.standard_normal(shape).astype(np.float32)
+    ref = psroi_reference(x, rois, 2, group, 0.0625)
+    if kind == "edges":
+        assert not ref[1:3].any() and ref[0].any()
+    for got in _both(graph, {"x": x, "rois": rois}):
+        _check(got, {"y": ref})
 
 
 # py-faster-rcnn's generate_anchors() with its defaults (base 16, ratios 0.5/1/2, scales 8/16/32): the table
@@ -447,6 +466,12 @@ PROPOSAL_NET = ('input: "score" input_shape { dim: 1 dim: 18 dim: 7 dim: 9 }\n'
                 '  python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "%s" } }\n')
 
 
+def _proposal_net(tops: int = 1) -> str:
+    """PROPOSAL_NET with feat_stride 16; with two tops, the second is py-faster-rcnn's optional scores top."""
+    text = PROPOSAL_NET % "'feat_stride': 16"
+    return text if tops == 1 else text.replace('top: "rois"', 'top: "rois" top: "scores"')
+
+
 def _proposal_inputs(seed: int):
     rng = np.random.default_rng(seed)
     return {"score": rng.uniform(0, 1, (1, 18, 7, 9)).astype(np.float32),
@@ -458,10 +483,7 @@ def _proposal_inputs(seed: int):
 def test_proposal_layer_numpy_transcription(tmp_path, tops):
     """py-faster-rcnn's proposal layer, served by our own implementation, with a note saying so; with two
     tops, the second is the kept proposals' scores."""
-    text = PROPOSAL_NET % "'feat_stride': 16"
-    if tops == 2:
-        text = text.replace('top: "rois"', 'top: "rois" top: "scores"')
-    graph = load_net(_net(tmp_path, text))
+    graph = load_net(_net(tmp_path, _proposal_net(tops)))
     assert graph.values["rois"].shape == (300, 5)  # at most post_nms_top_n rows
     ins = _proposal_inputs(13)
     rois, scores = proposal_reference(ins["score"], ins["delta"], ins["im_info"], 16)
@@ -544,7 +566,7 @@ FAMILY_NETS = {
                      'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
                      'layer { name: "up" type: "Upsample" bottom: "p" bottom: "mask" top: "u" upsample_param { scale: 2 } }\n'
                      'layer { name: "interp" type: "Interp" bottom: "u" top: "y" interp_param { height: 5 width: 11 } }\n'),
-    "rcnn": ('input: "feat" input_shape { dim: 1 dim: 18 dim: 7 dim: 9 }\n' + PROPOSAL_NET % "'feat_stride': 16" +
+    "rcnn": ('input: "feat" input_shape { dim: 1 dim: 18 dim: 7 dim: 9 }\n' + _proposal_net(tops=2) +
              'layer { name: "pool" type: "ROIPooling" bottom: "feat" bottom: "rois" top: "pooled" '
              'roi_pooling_param { pooled_h: 2 pooled_w: 3 spatial_scale: 0.0625 } }\n'
              'layer { name: "ps" type: "PSROIPooling" bottom: "feat" bottom: "rois" top: "ps" '
