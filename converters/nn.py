@@ -930,7 +930,9 @@ class Proposal(CaffeModule):
     """py-faster-rcnn's rpn.proposal_layer.ProposalLayer at TEST: anchors + deltas, clipped to the image,
     boxes under min_size * scale dropped, the pre_nms_top_n best, NMS, the post_nms_top_n kept; rows
     (0, x1, y1, x2, y2). ``anchors`` are the (A, 4) base anchors (generate_anchors). With ``scores_top``
-    (a prototxt giving two tops) also the kept boxes' foreground scores, (R, 1), as a second output."""
+    (a prototxt giving two tops) also the kept boxes' foreground scores, (R, 1), as a second output.
+    Equal scores: the lower anchor index ((h, w, a) order) first, as ONNX TopK does (py-faster-rcnn's
+    numpy argsort is unstable there: no order to match)."""
 
     def __init__(self, anchors, feat_stride, pre_nms_top_n=6000, post_nms_top_n=300, nms_thresh=0.7, min_size=16,
                  scores_top=False):

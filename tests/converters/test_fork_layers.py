@@ -419,9 +419,13 @@ ANCHORS = np.array([[-83, -39, 100, 56], [-175, -87, 192, 104], [-359, -183, 376
                     [-35, -79, 52, 96], [-79, -167, 96, 184], [-167, -343, 184, 360]], np.float64) - 1
 
 
-def proposal_reference(scores, deltas, im_info, stride, pre_n=6000, post_n=300, thresh=0.7, min_size=16):
+def proposal_reference(scores, deltas, im_info, stride, pre_n=6000, post_n=300, thresh=0.7, min_size=16, stable=False):
     """rpn/proposal_layer.py's forward at TEST, with bbox_transform_inv, clip_boxes and py_cpu_nms: the rois
-    top and the optional scores top (the kept boxes' foreground scores, (R, 1))."""
+    top and the optional scores top (the kept boxes' foreground scores, (R, 1)). Its two sorts are numpy's
+    unstable argsort reversed: equal scores come in no defined order; ``stable`` puts the lower index first."""
+    def descending(v):
+        return np.argsort(-v, kind="stable") if stable else v.argsort()[::-1]
+
     a = len(ANCHORS)
     scores = scores[:, a:, :, :]
     height, width = scores.shape[-2:]
@@ -443,11 +447,11 @@ def proposal_reference(scores, deltas, im_info, stride, pre_n=6000, post_n=300, 
     ws, hs = props[:, 2] - props[:, 0] + 1, props[:, 3] - props[:, 1] + 1
     keep = np.where((ws >= min_size * info[2]) & (hs >= min_size * info[2]))[0]
     props, scores = props[keep], scores[keep]
-    order = scores.ravel().argsort()[::-1][:pre_n]
+    order = descending(scores.ravel())[:pre_n]
     props, scores = props[order], scores[order].ravel()
     x1, y1, x2, y2 = props[:, 0], props[:, 1], props[:, 2], props[:, 3]
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order, kept = scores.argsort()[::-1], []
+    order, kept = descending(scores), []
     while order.size > 0:
         i = order[0]
         kept.append(i)
@@ -496,6 +500,18 @@ def test_proposal_layer_numpy_transcription(tmp_path, tops):
         assert np.allclose(got["rois"], rois, rtol=RTOL, atol=atol(rois))
         if tops == 2:
             assert np.array_equal(got["scores"], scores)  # the inputs' own values, picked
+
+
+def test_proposal_equal_scores_lower_anchor_first(tmp_path):
+    """Scores in steps of 0.05 (a saturated softmax ties the same way): where py-faster-rcnn's order is
+    numpy's unstable sort's, both backends take the lower anchor index ((h, w, a) order) first."""
+    graph = load_net(_net(tmp_path, _proposal_net(2)))
+    ins = _proposal_inputs(17)
+    ins["score"] = np.round(ins["score"] * 20) / np.float32(20)
+    rois, scores = proposal_reference(ins["score"], ins["delta"], ins["im_info"], 16, stable=True)
+    assert len(np.unique(scores)) < len(scores)  # kept boxes with equal scores
+    for got in _both(graph, ins):
+        assert close(got["rois"], rois) and np.array_equal(got["scores"], scores)
 
 
 def test_proposal_anchors_are_generate_anchors():
