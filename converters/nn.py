@@ -813,7 +813,7 @@ def _roi_edges(start, end, pooled, limit):
 def _level(length):
     """floor(log2(length)) for length >= 1, in integers: the sparse-table level whose window fits the bin."""
     level = torch.zeros_like(length)
-    for k in range(1, max(int(length.max()), 1).bit_length()):
+    for k in range(1, max(int(length.max()) if length.numel() else 1, 1).bit_length()):  # no ROIs: no bins
         level += length >= (1 << k)
     return level
 

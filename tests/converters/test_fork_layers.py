@@ -616,6 +616,16 @@ def test_exported_folder_imports_and_matches(tmp_path, family):
         assert torch.equal(want[k], got[k]), k
 
 
+def test_no_proposal_left_pools_nothing(tmp_path):
+    """An image scale that makes min_size larger than the image: no proposal, so zero ROIs to pool."""
+    graph = load_net(_net(tmp_path, FAMILY_NETS["rcnn"]))
+    ins = _proposal_inputs(3)
+    ins["im_info"] = np.array([[103, 139, 20]], np.float32)  # boxes under 16 * 20 = 320 px dropped
+    ins["feat"] = np.random.default_rng(4).standard_normal((1, 18, 7, 9)).astype(np.float32)
+    for got in _both(graph, ins):
+        assert {k: v.shape for k, v in got.items()} == {"pooled": (0, 18, 2, 3), "ps": (0, 2, 3, 3), "scores": (0, 1)}
+
+
 def test_spatial_dropout_in_training_phase_is_not_served(tmp_path):
     """ENet's training nets set phase TRAIN in param_str: the layer then drops channels, so it is refused."""
     graph = load_net(_net(tmp_path, 'input: "x" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n'
