@@ -804,7 +804,7 @@ def _roi_edges(start, end, pooled, limit):
     """Caffe's ROI bins along one axis, (R, pooled) each: [floor(p*step), ceil((p+1)*step)) + start clipped to
     [0, limit], step = max(end - start + 1, 1) / pooled in float32."""
     step = torch.clamp(end - start + 1, min=1).float()[:, None] / pooled
-    p = torch.arange(pooled, dtype=torch.float32)[None]
+    p = torch.arange(pooled, dtype=torch.float32, device=start.device)[None]
     lo = (torch.floor(p * step).long() + start[:, None]).clamp(0, limit)
     hi = (torch.ceil((p + 1) * step).long() + start[:, None]).clamp(0, limit)
     return lo, hi
