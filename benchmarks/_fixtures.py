@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,3 +35,15 @@ def fixture(name: str) -> tuple[Path, Path, dict]:
 def median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2]
+
+
+def bench(fn, repeat: int) -> float:
+    """The median seconds of ``repeat`` calls after two warm-up calls (first runs allocate and pick kernels)."""
+    fn()
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return median(times)

@@ -15,26 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from _fixtures import REPO, fixture, median
+from _fixtures import REPO, bench, fixture
 
 sys.path.insert(0, str(REPO))
-
-
-def bench(fn, repeat: int) -> float:
-    fn()
-    fn()  # warm-up: first runs allocate and pick kernels
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return median(times)
 
 
 def main() -> None:

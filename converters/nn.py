@@ -800,40 +800,86 @@ def _c_round(x):
     return torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
 
 
-def _roi_bins(start, size, pooled, limit):
-    """Caffe's ROI bins along one axis: [floor(p*step), ceil((p+1)*step)) + start, clipped; step in float32."""
-    step = torch.tensor(float(size), dtype=torch.float32) / pooled
-    p = torch.arange(pooled, dtype=torch.float32)
-    lo = (torch.floor(p * step) + start).clamp(0, limit)
-    hi = (torch.ceil((p + 1) * step) + start).clamp(0, limit)
-    return list(zip(lo.long().tolist(), hi.long().tolist()))
+def _roi_edges(start, end, pooled, limit):
+    """Caffe's ROI bins along one axis, (R, pooled) each: [floor(p*step), ceil((p+1)*step)) + start clipped to
+    [0, limit], step = max(end - start + 1, 1) / pooled in float32."""
+    step = torch.clamp(end - start + 1, min=1).float()[:, None] / pooled
+    p = torch.arange(pooled, dtype=torch.float32, device=start.device)[None]
+    lo = (torch.floor(p * step).long() + start[:, None]).clamp(0, limit)
+    hi = (torch.ceil((p + 1) * step).long() + start[:, None]).clamp(0, limit)
+    return lo, hi
+
+
+def _level(length):
+    """floor(log2(length)) for length >= 1, in integers: the sparse-table level whose window fits the bin."""
+    level = torch.zeros_like(length)
+    for k in range(1, max(int(length.max()) if length.numel() else 1, 1).bit_length()):  # no ROIs: no bins
+        level += length >= (1 << k)
+    return level
+
+
+def _double(planes, axis: int, level: int):
+    """From the max over windows of 2^level along ``axis`` (stride 1) to the max over 2^(level + 1)."""
+    s, n = 1 << level, planes.shape[axis]
+    return torch.maximum(planes.narrow(axis, 0, n - s), planes.narrow(axis, s, n - s))
+
+
+def _window_maxima(planes, pairs):
+    """(i, j, max over every 2^i x 2^j window at stride 1) of (n, h, w, c) planes, for sorted level pairs:
+    each doubling step done once (rows first, then columns from the rows' map)."""
+    rows, i = planes, 0
+    for want_i in sorted({p[0] for p in pairs}):
+        while i < want_i:
+            rows, i = _double(rows, 1, i), i + 1
+        cols, j = rows, 0
+        for want_j in sorted(p[1] for p in pairs if p[0] == want_i):
+            while j < want_j:
+                cols, j = _double(cols, 2, j), j + 1
+            yield i, j, cols
+
+
+def _bin_max(planes, batch, hs, he, ws, we):
+    """(bins, c): the max of (n, h, w, c) planes over each bin [hs, he) x [ws, we) of item batch, an empty
+    bin 0. One level pair at a time (at most three maps alive): its bins' four corner windows, gathered."""
+    full = (he > hs) & (we > ws)
+    levels = _level(he - hs) * 64 + _level(we - ws)  # one key per (rows, cols) level pair; levels < 64
+    out = planes.new_zeros(batch.shape[0], planes.shape[3])
+    for i, j, m in _window_maxima(planes, [divmod(k, 64) for k in torch.unique(levels[full]).tolist()]):
+        at = torch.nonzero(full & (levels == i * 64 + j)).reshape(-1)
+        base = batch[at] * m.shape[1]
+        r0, r1 = (base + hs[at]) * m.shape[2], (base + he[at] - (1 << i)) * m.shape[2]
+        c0, c1 = ws[at], we[at] - (1 << j)
+        m = m.reshape(-1, planes.shape[3])
+        best, read = m.index_select(0, r0 + c0), None
+        for corner in (r0 + c1, r1 + c0, r1 + c1):
+            read = torch.index_select(m, 0, corner, out=read)
+            torch.maximum(best, read, out=best)
+        out.index_copy_(0, at, best)
+    return out
 
 
 class ROIPooling(CaffeModule):
     """Fast R-CNN ROIPooling: rows (batch, x1, y1, x2, y2) scaled and rounded, bins floor/ceil of the
-    ROI's size / pooled size, max over each bin, an empty bin 0."""
+    ROI's size / pooled size, max over each bin, an empty bin 0. All bins at once as range-max queries:
+    a bin of h x w is the max of four (overlapping) 2^floor(log2 h) x 2^floor(log2 w) windows, read from
+    the map's sliding-window max at that level (max is exact whatever overlaps); one map per level pair.
+    (The per-ROI loop it replaced: benchmarks/roi_pooling.py, 300 ROIs on VGG16's conv5_3.)"""
 
     def __init__(self, pooled_h, pooled_w, spatial_scale):
         super().__init__(pooled_h=pooled_h, pooled_w=pooled_w, spatial_scale=spatial_scale)
 
     def forward(self, x, rois):
         a = self.args
+        ph, pw = a["pooled_h"], a["pooled_w"]
         rois = rois.reshape(-1, 5)
         n, c, h, w = x.shape
-        out = x.new_zeros(rois.shape[0], c, a["pooled_h"], a["pooled_w"])
         scale = torch.tensor(a["spatial_scale"], dtype=torch.float32)
-        scaled = _c_round(rois[:, 1:].float() * scale).to(torch.int64).tolist()
-        for r, (b, (x1, y1, x2, y2)) in enumerate(zip(rois[:, 0].to(torch.int64).tolist(), scaled)):
-            rows = _roi_bins(y1, max(y2 - y1 + 1, 1), a["pooled_h"], h)
-            cols = _roi_bins(x1, max(x2 - x1 + 1, 1), a["pooled_w"], w)
-            for i, (h0, h1) in enumerate(rows):
-                if h1 <= h0:
-                    continue
-                band = x[b, :, h0:h1].amax(dim=1)
-                for j, (w0, w1) in enumerate(cols):
-                    if w1 > w0:
-                        out[r, :, i, j] = band[:, w0:w1].amax(dim=1)
-        return out
+        x1, y1, x2, y2 = _c_round(rois[:, 1:].float() * scale).to(torch.int64).unbind(1)
+        hs, he = (v[:, :, None].expand(-1, ph, pw).reshape(-1) for v in _roi_edges(y1, y2, ph, h))
+        ws, we = (v[:, None, :].expand(-1, ph, pw).reshape(-1) for v in _roi_edges(x1, x2, pw, w))
+        batch = rois[:, 0].to(torch.int64)[:, None].expand(-1, ph * pw).reshape(-1)
+        out = _bin_max(x.permute(0, 2, 3, 1).contiguous(), batch, hs, he, ws, we)
+        return out.reshape(-1, ph, pw, c).permute(0, 3, 1, 2).contiguous()
 
 
 def _integral(x):
@@ -883,11 +929,16 @@ class PSROIPooling(CaffeModule):
 class Proposal(CaffeModule):
     """py-faster-rcnn's rpn.proposal_layer.ProposalLayer at TEST: anchors + deltas, clipped to the image,
     boxes under min_size * scale dropped, the pre_nms_top_n best, NMS, the post_nms_top_n kept; rows
-    (0, x1, y1, x2, y2). ``anchors`` are the (A, 4) base anchors (generate_anchors)."""
+    (0, x1, y1, x2, y2). ``anchors`` are the (A, 4) base anchors (generate_anchors). With ``scores_top``
+    (a prototxt giving two tops) also the kept boxes' foreground scores, (R, 1), as a second output.
+    Equal scores: the lower anchor index ((h, w, a) order) first, as ONNX TopK does (py-faster-rcnn's
+    numpy argsort is unstable there: no order to match)."""
 
-    def __init__(self, anchors, feat_stride, pre_nms_top_n=6000, post_nms_top_n=300, nms_thresh=0.7, min_size=16):
+    def __init__(self, anchors, feat_stride, pre_nms_top_n=6000, post_nms_top_n=300, nms_thresh=0.7, min_size=16,
+                 scores_top=False):
         super().__init__(anchors=anchors, feat_stride=feat_stride, pre_nms_top_n=pre_nms_top_n,
-                         post_nms_top_n=post_nms_top_n, nms_thresh=nms_thresh, min_size=min_size)
+                         post_nms_top_n=post_nms_top_n, nms_thresh=nms_thresh, min_size=min_size,
+                         scores_top=scores_top)
 
     def _anchors(self, height, width):
         a = self.args
@@ -923,7 +974,8 @@ class Proposal(CaffeModule):
         props, scores = props[order], scores[order]
         kept = _nms(props, a["nms_thresh"], a["post_nms_top_n"])
         props = props[kept]
-        return torch.cat([props.new_zeros(props.shape[0], 1), props], 1)
+        rois = torch.cat([props.new_zeros(props.shape[0], 1), props], 1)
+        return (rois, scores[kept].reshape(-1, 1)) if a["scores_top"] else rois
 
 
 def _nms(boxes, thresh, limit):

@@ -129,25 +129,22 @@ class Python(LayerImpl):
         if python_kind(layer.proto) == "identity":
             _note(layer, "test-time identity")
             return nn_specs().Identity(), []
-        if len(layer.tops) > 1:
-            raise ValueError(f"layer '{layer.name}': the proposal layer's second top (scores) is not supported")
         _note(layer, "proposal layer (py-faster-rcnn, TEST config: 6000 -> NMS 0.7 -> 300)")
-        return nn_specs().Proposal(**proposal_args(layer.proto)), []
+        return nn_specs().Proposal(**proposal_args(layer.proto), scores_top=len(layer.tops) > 1), []
 
     def onnx(self, layer, ctx):
         if python_kind(layer.proto) == "identity":
             _note(layer, "test-time identity")
             ctx.node("Identity", [layer.bottoms[0]], [layer.tops[0]])
             return
-        if len(layer.tops) > 1:
-            raise ValueError(f"layer '{layer.name}': the proposal layer's second top (scores) is not supported")
         _note(layer, "proposal layer (py-faster-rcnn, TEST config: 6000 -> NMS 0.7 -> 300)")
         emit_proposal(ctx, layer, proposal_args(layer.proto))
 
 
 def emit_proposal(ctx, layer, a: dict) -> None:
     """py-faster-rcnn's proposal layer in standard ops: TopK, Compress and NonMaxSuppression (boxes
-    given as (y1, x1, y2 + 1, x2 + 1) so its overlap is Fast R-CNN's +1-pixel one)."""
+    given as (y1, x1, y2 + 1, x2 + 1) so its overlap is Fast R-CNN's +1-pixel one). A second top gets
+    the kept boxes' scores, (R, 1), as py-faster-rcnn's optional scores top."""
     scores_in, deltas_in, info_in = layer.bottoms
     num = len(a["anchors"])
     h, w = shape_of(layer, ctx)[2:]
@@ -199,3 +196,5 @@ def emit_proposal(ctx, layer, a: dict) -> None:
     rows = node("Slice", [node("Shape", [kept])[0], ctx.ints([0]), ctx.ints([1])])[0]
     batch = node("ConstantOfShape", [node("Concat", [rows, ctx.ints([1], "one_col")], axis=0)[0]])[0]
     node("Concat", [batch, kept], [layer.tops[0]], axis=1)
+    if len(layer.tops) > 1:
+        node("Reshape", [node("Gather", [top, index], axis=0)[0], ctx.ints([-1, 1], "column")], [layer.tops[1]])

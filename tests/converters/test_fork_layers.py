@@ -333,9 +333,13 @@ ROIS = np.array([[0, 3.5, 7.2, 60.0, 40.4],      # ordinary
                  [0, 88.0, 8.5, 131.9, 87.5]], np.float32)
 
 
+def _pool_net(tmp_path, shape, count: int, layer: str) -> Path:
+    return _net(tmp_path, f'input: "x" input_shape {{ {" ".join(f"dim: {d}" for d in shape)} }}\n'
+                          f'input: "rois" input_shape {{ dim: {count} dim: 5 }}\n' + layer)
+
+
 def _roi_net(tmp_path, layer: str) -> Path:
-    return _net(tmp_path, 'input: "x" input_shape { dim: 2 dim: 18 dim: 7 dim: 9 }\n'
-                          'input: "rois" input_shape { dim: 6 dim: 5 }\n' + layer)
+    return _pool_net(tmp_path, (2, 18, 7, 9), len(ROIS), layer)
 
 
 def test_roi_pooling(tmp_path):
@@ -357,6 +361,57 @@ def test_psroi_pooling(tmp_path):
         _check(got, {"y": ref})
 
 
+EDGE_ROIS = np.array([[1, 100.0, 80.0, 300.0, 200.0],    # past the right and bottom edges: bins clipped
+                      [0, 500.0, 20.0, 600.0, 60.0],     # completely right of the map: every bin empty -> 0
+                      [1, -90.0, -70.0, -20.0, -30.0],   # completely above-left of the map: every bin empty -> 0
+                      [0, 60.0, 50.0, 20.0, 10.0],       # degenerate (x2 < x1, y2 < y1): a one-cell ROI
+                      [1, 8.0, 8.0, 8.0, 8.0],           # one point, batch index 1
+                      [0, -7.9, -8.1, 151.9, 120.0]], np.float32)  # the whole map and a little more
+
+
+def _random_rois(rng, count: int, batch: int, height: int, width: int, scale: float) -> np.ndarray:
+    """ROIs of all sizes in image coordinates, some past the map's edges, on any batch item."""
+    centre = rng.uniform(-0.2, 1.2, (count, 2)) * np.array([width, height]) / scale
+    half = rng.uniform(0, 0.8, (count, 2)) * np.array([width, height]) / scale
+    boxes = np.concatenate([centre - half, centre + half], 1)
+    return np.concatenate([rng.integers(0, batch, (count, 1)), boxes], 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["edges", "random"])
+def test_roi_pooling_edge_and_random_rois(tmp_path, kind):
+    """ROIs partly or completely off the map, degenerate, on batch item 1, and many random ones over a
+    larger map (bins up to 10 cells: every range-max level the vectorised module uses)."""
+    shape, pooled = ((2, 18, 7, 9), (3, 4)) if kind == "edges" else ((2, 5, 30, 41), (3, 2))
+    rng = np.random.default_rng(21)
+    rois = EDGE_ROIS if kind == "edges" else _random_rois(rng, 60, 2, *shape[2:], 0.0625)
+    graph = load_net(_pool_net(tmp_path, shape, len(rois), 'layer { name: "pool" type: "ROIPooling" bottom: "x" '
+                               f'bottom: "rois" top: "y" roi_pooling_param {{ pooled_h: {pooled[0]} '
+                               f'pooled_w: {pooled[1]} spatial_scale: 0.0625 }} }}\n'))
+    x = rng.standard_normal(shape).astype(np.float32)
+    ref = roi_pooling_reference(x, rois, *pooled, 0.0625)
+    if kind == "edges":
+        assert not ref[1:3].any() and ref[0].any() and ref[3:].all()
+    for got in _both(graph, {"x": x, "rois": rois}):
+        assert np.array_equal(got["y"], ref)
+
+
+@pytest.mark.parametrize("kind", ["edges", "random"])
+def test_psroi_pooling_edge_and_random_rois(tmp_path, kind):
+    """The same ROIs through R-FCN's PSROIPooling (group 3 over the small map, 2 over the larger one)."""
+    shape, group = ((2, 18, 7, 9), 3) if kind == "edges" else ((2, 8, 30, 41), 2)
+    rng = np.random.default_rng(22)
+    rois = EDGE_ROIS if kind == "edges" else _random_rois(rng, 60, 2, *shape[2:], 0.0625)
+    graph = load_net(_pool_net(tmp_path, shape, len(rois), 'layer { name: "ps" type: "PSROIPooling" bottom: "x" '
+                               'bottom: "rois" top: "y" psroi_pooling_param { spatial_scale: 0.0625 output_dim: 2 '
+                               f'group_size: {group} }} }}\n'))
+    x = rng.standard_normal(shape).astype(np.float32)
+    ref = psroi_reference(x, rois, 2, group, 0.0625)
+    if kind == "edges":
+        assert not ref[1:3].any() and ref[0].any()
+    for got in _both(graph, {"x": x, "rois": rois}):
+        _check(got, {"y": ref})
+
+
 # py-faster-rcnn's generate_anchors() with its defaults (base 16, ratios 0.5/1/2, scales 8/16/32): the table
 # of its docstring, which is the 1-based MATLAB output, minus 1 (the Python code starts from [0, 0, 15, 15])
 ANCHORS = np.array([[-83, -39, 100, 56], [-175, -87, 192, 104], [-359, -183, 376, 200],
@@ -364,8 +419,13 @@ ANCHORS = np.array([[-83, -39, 100, 56], [-175, -87, 192, 104], [-359, -183, 376
                     [-35, -79, 52, 96], [-79, -167, 96, 184], [-167, -343, 184, 360]], np.float64) - 1
 
 
-def proposal_reference(scores, deltas, im_info, stride, pre_n=6000, post_n=300, thresh=0.7, min_size=16):
-    """rpn/proposal_layer.py's forward at TEST, with bbox_transform_inv, clip_boxes and py_cpu_nms."""
+def proposal_reference(scores, deltas, im_info, stride, pre_n=6000, post_n=300, thresh=0.7, min_size=16, stable=False):
+    """rpn/proposal_layer.py's forward at TEST, with bbox_transform_inv, clip_boxes and py_cpu_nms: the rois
+    top and the optional scores top (the kept boxes' foreground scores, (R, 1)). Its two sorts are numpy's
+    unstable argsort reversed: equal scores come in no defined order; ``stable`` puts the lower index first."""
+    def descending(v):
+        return np.argsort(-v, kind="stable") if stable else v.argsort()[::-1]
+
     a = len(ANCHORS)
     scores = scores[:, a:, :, :]
     height, width = scores.shape[-2:]
@@ -387,11 +447,11 @@ def proposal_reference(scores, deltas, im_info, stride, pre_n=6000, post_n=300, 
     ws, hs = props[:, 2] - props[:, 0] + 1, props[:, 3] - props[:, 1] + 1
     keep = np.where((ws >= min_size * info[2]) & (hs >= min_size * info[2]))[0]
     props, scores = props[keep], scores[keep]
-    order = scores.ravel().argsort()[::-1][:pre_n]
+    order = descending(scores.ravel())[:pre_n]
     props, scores = props[order], scores[order].ravel()
     x1, y1, x2, y2 = props[:, 0], props[:, 1], props[:, 2], props[:, 3]
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order, kept = scores.argsort()[::-1], []
+    order, kept = descending(scores), []
     while order.size > 0:
         i = order[0]
         kept.append(i)
@@ -399,8 +459,8 @@ def proposal_reference(scores, deltas, im_info, stride, pre_n=6000, post_n=300, 
         h = np.maximum(0.0, np.minimum(y2[i], y2[order[1:]]) - np.maximum(y1[i], y1[order[1:]]) + 1)
         inter = w * h
         order = order[np.where(inter / (areas[i] + areas[order[1:]] - inter) <= thresh)[0] + 1]
-    props = props[kept[:post_n]]
-    return np.hstack((np.zeros((len(props), 1), np.float32), props.astype(np.float32)))
+    props, scores = props[kept[:post_n]], scores[kept[:post_n]].reshape(-1, 1)
+    return np.hstack((np.zeros((len(props), 1), np.float32), props.astype(np.float32))), scores
 
 
 PROPOSAL_NET = ('input: "score" input_shape { dim: 1 dim: 18 dim: 7 dim: 9 }\n'
@@ -410,6 +470,12 @@ PROPOSAL_NET = ('input: "score" input_shape { dim: 1 dim: 18 dim: 7 dim: 9 }\n'
                 '  python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "%s" } }\n')
 
 
+def _proposal_net(tops: int = 1) -> str:
+    """PROPOSAL_NET with feat_stride 16; with two tops, the second is py-faster-rcnn's optional scores top."""
+    text = PROPOSAL_NET % "'feat_stride': 16"
+    return text if tops == 1 else text.replace('top: "rois"', 'top: "rois" top: "scores"')
+
+
 def _proposal_inputs(seed: int):
     rng = np.random.default_rng(seed)
     return {"score": rng.uniform(0, 1, (1, 18, 7, 9)).astype(np.float32),
@@ -417,18 +483,35 @@ def _proposal_inputs(seed: int):
             "im_info": np.array([[103, 139, 1.3]], np.float32)}
 
 
-def test_proposal_layer_numpy_transcription(tmp_path):
-    """py-faster-rcnn's proposal layer, served by our own implementation, with a note saying so."""
-    graph = load_net(_net(tmp_path, PROPOSAL_NET % "'feat_stride': 16"))
+@pytest.mark.parametrize("tops", [1, 2])
+def test_proposal_layer_numpy_transcription(tmp_path, tops):
+    """py-faster-rcnn's proposal layer, served by our own implementation, with a note saying so; with two
+    tops, the second is the kept proposals' scores."""
+    graph = load_net(_net(tmp_path, _proposal_net(tops)))
     assert graph.values["rois"].shape == (300, 5)  # at most post_nms_top_n rows
     ins = _proposal_inputs(13)
-    ref = proposal_reference(ins["score"], ins["delta"], ins["im_info"], 16)
-    assert 20 < len(ref) < 7 * 9 * 9  # the min-size filter and NMS both removed boxes
+    rois, scores = proposal_reference(ins["score"], ins["delta"], ins["im_info"], 16)
+    assert 20 < len(rois) < 7 * 9 * 9  # the min-size filter and NMS both removed boxes
     with pytest.warns(PythonLayerNote, match="rpn.proposal_layer.ProposalLayer is served by caffezoo's own"):
         got_torch, got_onnx = _both(graph, ins)
     for got in (got_torch, got_onnx):
-        assert got["rois"].shape == ref.shape
-        assert np.allclose(got["rois"], ref, rtol=RTOL, atol=atol(ref))
+        assert sorted(got) == ["rois", "scores"][:tops]
+        assert got["rois"].shape == rois.shape
+        assert np.allclose(got["rois"], rois, rtol=RTOL, atol=atol(rois))
+        if tops == 2:
+            assert np.array_equal(got["scores"], scores)  # the inputs' own values, picked
+
+
+def test_proposal_equal_scores_lower_anchor_first(tmp_path):
+    """Scores in steps of 0.05 (a saturated softmax ties the same way): where py-faster-rcnn's order is
+    numpy's unstable sort's, both backends take the lower anchor index ((h, w, a) order) first."""
+    graph = load_net(_net(tmp_path, _proposal_net(2)))
+    ins = _proposal_inputs(17)
+    ins["score"] = np.round(ins["score"] * 20) / np.float32(20)
+    rois, scores = proposal_reference(ins["score"], ins["delta"], ins["im_info"], 16, stable=True)
+    assert len(np.unique(scores)) < len(scores)  # kept boxes with equal scores
+    for got in _both(graph, ins):
+        assert close(got["rois"], rois) and np.array_equal(got["scores"], scores)
 
 
 def test_proposal_anchors_are_generate_anchors():
@@ -499,7 +582,7 @@ FAMILY_NETS = {
                      'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
                      'layer { name: "up" type: "Upsample" bottom: "p" bottom: "mask" top: "u" upsample_param { scale: 2 } }\n'
                      'layer { name: "interp" type: "Interp" bottom: "u" top: "y" interp_param { height: 5 width: 11 } }\n'),
-    "rcnn": ('input: "feat" input_shape { dim: 1 dim: 18 dim: 7 dim: 9 }\n' + PROPOSAL_NET % "'feat_stride': 16" +
+    "rcnn": ('input: "feat" input_shape { dim: 1 dim: 18 dim: 7 dim: 9 }\n' + _proposal_net(tops=2) +
              'layer { name: "pool" type: "ROIPooling" bottom: "feat" bottom: "rois" top: "pooled" '
              'roi_pooling_param { pooled_h: 2 pooled_w: 3 spatial_scale: 0.0625 } }\n'
              'layer { name: "ps" type: "PSROIPooling" bottom: "feat" bottom: "rois" top: "ps" '
@@ -531,6 +614,16 @@ def test_exported_folder_imports_and_matches(tmp_path, family):
     assert want.keys() == got.keys()
     for k in want:
         assert torch.equal(want[k], got[k]), k
+
+
+def test_no_proposal_left_pools_nothing(tmp_path):
+    """An image scale that makes min_size larger than the image: no proposal, so zero ROIs to pool."""
+    graph = load_net(_net(tmp_path, FAMILY_NETS["rcnn"]))
+    ins = _proposal_inputs(3)
+    ins["im_info"] = np.array([[103, 139, 20]], np.float32)  # boxes under 16 * 20 = 320 px dropped
+    ins["feat"] = np.random.default_rng(4).standard_normal((1, 18, 7, 9)).astype(np.float32)
+    for got in _both(graph, ins):
+        assert {k: v.shape for k, v in got.items()} == {"pooled": (0, 18, 2, 3), "ps": (0, 2, 3, 3), "scores": (0, 1)}
 
 
 def test_spatial_dropout_in_training_phase_is_not_served(tmp_path):
