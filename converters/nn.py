@@ -480,21 +480,21 @@ class PriorBox(CaffeModule):
         a = self.args
         h, w = _legacy_hw(x.shape)
         img_h, img_w = (a["img_h"], a["img_w"]) if a["img_h"] and a["img_w"] else _legacy_hw(image[0].shape)
-        f32 = torch.float32
+        f32 = dict(dtype=torch.float32, device=x.device)
         if a["step_h"] and a["step_w"]:
-            step_h, step_w = torch.tensor(a["step_h"], dtype=f32), torch.tensor(a["step_w"], dtype=f32)
+            step_h, step_w = torch.tensor(a["step_h"], **f32), torch.tensor(a["step_w"], **f32)
         else:
-            step_h = torch.tensor(img_h, dtype=f32) / h
-            step_w = torch.tensor(img_w, dtype=f32) / w
-        cy = ((torch.arange(h, dtype=f32) + a["offset"]) * step_h).double().reshape(h, 1, 1)
-        cx = ((torch.arange(w, dtype=f32) + a["offset"]) * step_w).double().reshape(1, w, 1)
-        bw, bh = (torch.tensor([s[i] for s in a["sizes"]], dtype=f32).double().reshape(1, 1, -1) for i in (0, 1))
+            step_h = torch.tensor(img_h, **f32) / h
+            step_w = torch.tensor(img_w, **f32) / w
+        cy = ((torch.arange(h, **f32) + a["offset"]) * step_h).double().reshape(h, 1, 1)
+        cx = ((torch.arange(w, **f32) + a["offset"]) * step_w).double().reshape(1, w, 1)
+        bw, bh = (torch.tensor([s[i] for s in a["sizes"]], **f32).double().reshape(1, 1, -1) for i in (0, 1))
         corners = torch.broadcast_tensors((cx - bw / 2.0) / img_w, (cy - bh / 2.0) / img_h,
                                           (cx + bw / 2.0) / img_w, (cy + bh / 2.0) / img_h)
         boxes = torch.stack(corners, -1).float()
         if a["clip"]:
             boxes = boxes.clamp(0.0, 1.0)
-        var = torch.tensor(a["variance"], dtype=f32).expand(boxes.shape)
+        var = torch.tensor(a["variance"], **f32).expand(boxes.shape)
         return torch.stack([boxes.reshape(-1), var.reshape(-1)]).unsqueeze(0)
 
 
@@ -571,7 +571,7 @@ class DetectionOutput(CaffeModule):
         boxes = boxes.permute(0, 2, 1, 3)
         boxes = boxes.expand(n, len(labels), p, 4) if a["share_location"] else boxes[:, labels]
         scores = conf.reshape(n, p, c).permute(0, 2, 1)[:, labels]
-        thr = torch.tensor(a["confidence_threshold"], dtype=torch.float32)
+        thr = torch.tensor(a["confidence_threshold"], dtype=torch.float32, device=loc.device)
         masked = torch.where(scores > thr, scores, torch.full_like(scores, -math.inf))
         k = p if a["top_k"] < 0 else min(a["top_k"], p)
         values, order = torch.sort(masked, dim=-1, descending=True, stable=True)
@@ -585,10 +585,10 @@ class DetectionOutput(CaffeModule):
             keep = keep & chosen.reshape(keep.shape)
         idx = keep.nonzero()
         if idx.shape[0] == 0:
-            rows = torch.full((n, 7), -1.0, dtype=loc.dtype)
-            rows[:, 0] = torch.arange(n, dtype=loc.dtype)
+            rows = torch.full((n, 7), -1.0, dtype=loc.dtype, device=loc.device)
+            rows[:, 0] = torch.arange(n, dtype=loc.dtype, device=loc.device)
         else:
-            label = torch.tensor(labels, dtype=loc.dtype)[idx[:, 1]]
+            label = torch.tensor(labels, dtype=loc.dtype, device=loc.device)[idx[:, 1]]
             picked = (idx[:, 0], idx[:, 1], idx[:, 2])
             rows = torch.cat([idx[:, :1].to(loc.dtype), label.unsqueeze(1), values[picked].unsqueeze(1),
                               cand[picked]], 1)
@@ -599,7 +599,7 @@ class DetectionOutput(CaffeModule):
         a = self.args
         areas = box_areas(cand)
         keep = torch.zeros_like(valid)
-        thr = torch.full(valid.shape[:2], a["nms_threshold"], dtype=torch.float32)
+        thr = torch.full(valid.shape[:2], a["nms_threshold"], dtype=torch.float32, device=cand.device)
         for j in range(valid.shape[2]):
             iou = jaccard(cand[:, :, j:j + 1], areas[:, :, j:j + 1], cand, areas)
             suppressed = ((iou > thr.unsqueeze(-1)) & keep).any(-1)
@@ -873,7 +873,7 @@ class ROIPooling(CaffeModule):
         ph, pw = a["pooled_h"], a["pooled_w"]
         rois = rois.reshape(-1, 5)
         n, c, h, w = x.shape
-        scale = torch.tensor(a["spatial_scale"], dtype=torch.float32)
+        scale = torch.tensor(a["spatial_scale"], dtype=torch.float32, device=x.device)
         x1, y1, x2, y2 = _c_round(rois[:, 1:].float() * scale).to(torch.int64).unbind(1)
         hs, he = (v[:, :, None].expand(-1, ph, pw).reshape(-1) for v in _roi_edges(y1, y2, ph, h))
         ws, we = (v[:, None, :].expand(-1, ph, pw).reshape(-1) for v in _roi_edges(x1, x2, pw, w))
@@ -901,20 +901,20 @@ class PSROIPooling(CaffeModule):
         g, d = a["group_size"], a["output_dim"]
         rois = rois.reshape(-1, 5)
         n, c, h, w = x.shape
-        ss = torch.tensor(a["spatial_scale"], dtype=torch.float32)
+        ss = torch.tensor(a["spatial_scale"], dtype=torch.float32, device=x.device)
         r = _c_round(rois[:, 1:].float()).float()
         x1, y1 = r[:, 0] * ss, r[:, 1] * ss
         x2, y2 = (r[:, 2] + 1) * ss, (r[:, 3] + 1) * ss
         bin_h = torch.clamp(y2 - y1, min=0.1) / g
         bin_w = torch.clamp(x2 - x1, min=0.1) / g
-        p = torch.arange(g, dtype=torch.float32)
+        p = torch.arange(g, dtype=torch.float32, device=x.device)
         hs = torch.clamp(torch.floor(p[None] * bin_h[:, None] + y1[:, None]), 0, h).long()
         he = torch.clamp(torch.ceil((p[None] + 1) * bin_h[:, None] + y1[:, None]), 0, h).long()
         ws = torch.clamp(torch.floor(p[None] * bin_w[:, None] + x1[:, None]), 0, w).long()
         we = torch.clamp(torch.ceil((p[None] + 1) * bin_w[:, None] + x1[:, None]), 0, w).long()
         s = _integral(x).reshape(-1)
         b = rois[:, 0].long().reshape(-1, 1, 1, 1)
-        ch = torch.arange(d * g * g).reshape(1, d, g, g)
+        ch = torch.arange(d * g * g, device=x.device).reshape(1, d, g, g)
         plane = (b * c + ch) * ((h + 1) * (w + 1))
 
         def at(rows, cols):
@@ -940,11 +940,11 @@ class Proposal(CaffeModule):
                          post_nms_top_n=post_nms_top_n, nms_thresh=nms_thresh, min_size=min_size,
                          scores_top=scores_top)
 
-    def _anchors(self, height, width):
+    def _anchors(self, height, width, device):
         a = self.args
-        base = torch.tensor(a["anchors"], dtype=torch.float64)
-        sx = torch.arange(width, dtype=torch.float64) * a["feat_stride"]
-        sy = torch.arange(height, dtype=torch.float64) * a["feat_stride"]
+        base = torch.tensor(a["anchors"], dtype=torch.float64, device=device)
+        sx = torch.arange(width, dtype=torch.float64, device=device) * a["feat_stride"]
+        sy = torch.arange(height, dtype=torch.float64, device=device) * a["feat_stride"]
         yy, xx = torch.meshgrid(sy, sx, indexing="ij")
         shifts = torch.stack([xx.reshape(-1), yy.reshape(-1), xx.reshape(-1), yy.reshape(-1)], 1)
         return (base[None] + shifts[:, None]).reshape(-1, 4).float()
@@ -953,7 +953,7 @@ class Proposal(CaffeModule):
         a = self.args
         num = len(a["anchors"])
         height, width = scores.shape[-2], scores.shape[-1]
-        boxes = self._anchors(height, width)
+        boxes = self._anchors(height, width, scores.device)
         scores = scores[:1, num:].permute(0, 2, 3, 1).reshape(-1)
         deltas = deltas[:1].permute(0, 2, 3, 1).reshape(-1, 4)
         widths = boxes[:, 2] - boxes[:, 0] + 1.0
@@ -972,7 +972,7 @@ class Proposal(CaffeModule):
         props, scores = props[keep], scores[keep]
         order = torch.argsort(scores, descending=True, stable=True)[:a["pre_nms_top_n"]]
         props, scores = props[order], scores[order]
-        kept = _nms(props, a["nms_thresh"], a["post_nms_top_n"])
+        kept = _nms(props.cpu(), a["nms_thresh"], a["post_nms_top_n"]).to(props.device)  # a loop: on the CPU
         props = props[kept]
         rois = torch.cat([props.new_zeros(props.shape[0], 1), props], 1)
         return (rois, scores[kept].reshape(-1, 1)) if a["scores_top"] else rois

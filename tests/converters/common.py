@@ -142,9 +142,11 @@ def torch_cpu(threads: int = 2):
         torch.set_num_threads(before)
 
 
-def torch_values(module, graph, inputs: dict[str, np.ndarray], blobs: Iterable[str], dtype=None) -> dict:
+def torch_values(module, graph, inputs: dict[str, np.ndarray], blobs: Iterable[str], dtype=None,
+                 device: str = "cpu") -> dict:
     """Run ``module`` on the inputs and capture the value each Caffe blob holds after the forward pass
-    (``graph.final_value``) with a torch.fx Interpreter; also returns the call's output under ``None``."""
+    (``graph.final_value``) with a torch.fx Interpreter; also returns the call's output under ``None``.
+    ``device``: where the module and its inputs run (the values come back as NumPy arrays)."""
     import torch
     from torch.fx import Interpreter
 
@@ -157,13 +159,13 @@ def torch_values(module, graph, inputs: dict[str, np.ndarray], blobs: Iterable[s
             r = super().run_node(n)
             if n.name in wanted:
                 got[wanted[n.name]] = r.detach().to(torch.float64 if dtype == torch.float64 else torch.float32
-                                                    ).numpy().copy()
+                                                    ).cpu().numpy().copy()
             return r
 
-    feeds = [torch.from_numpy(np.ascontiguousarray(inputs[graph.values[v].caffe_name])).to(dtype)
+    feeds = [torch.from_numpy(np.ascontiguousarray(inputs[graph.values[v].caffe_name])).to(device, dtype)
              for v in graph.inputs]
     with torch_cpu():
-        got[None] = Recorder(module).run(*feeds)
+        got[None] = Recorder(module.to(device)).run(*feeds)
     return got
 
 
