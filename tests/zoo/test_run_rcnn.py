@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from prototxt import save_net
+from prototxt import CaffeError, save_net
 from tests.zoo.test_arch import _seeded_faster_rcnn
 from zoo import cli
 from zoo.hub import registry
@@ -86,6 +86,14 @@ def test_decode_is_the_publishers_box_regression_clipping_and_nms(seed):
         assert _as_tuples(got) == want and len(want) > (5 if conf == 0.3 else 0)
         assert all(0 <= d["box"][0] <= d["box"][2] <= 499 and 0 <= d["box"][1] <= d["box"][3] <= 374 for d in got)
     assert labels == [] or got[0]["label"] == labels[got[0]["class"]] != "background"
+
+
+def test_no_proposals_no_detections_and_mismatched_outputs_are_one_line():
+    empty = np.zeros((0, 5), np.float32)
+    assert rcnn.decode(empty, np.zeros((0, 21), np.float32), np.zeros((0, 84), np.float32), 1.0, (8, 8), [], 0.0) == []
+    with pytest.raises(CaffeError, match=r"rois \(3, 5\), cls_prob \(3, 21\) and bbox_pred \(3, 4\); expected"):
+        rcnn.decode(np.zeros((3, 5), np.float32), np.zeros((3, 21), np.float32), np.zeros((3, 4), np.float32),
+                    1.0, (8, 8), [], 0.5)
 
 
 def test_nms_overlap_counts_the_pixel_on_each_side():
@@ -185,13 +193,20 @@ def _expected(graph, image_path, resize: int, threshold: float):
     return _publisher_detections(out["rois"], out["cls_prob"], out["bbox_pred"], scale, image.shape[1:], threshold)
 
 
-@pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
-def test_zoo_run_detects_with_a_narrowed_faster_rcnn(tmp_path, monkeypatch, capsys):
-    from PIL import Image
+@pytest.fixture
+def narrowed(tmp_path, monkeypatch):
+    """(user card, weights, seeded graph, a 160x120 image) of the net at 1/8 width, asking for 192 pixels."""
     monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
     card, weights, graph = _user_card(tmp_path, narrow=8, resize=192)
     image = tmp_path / "scene.png"
     _scene(image)
+    return card, weights, graph, image
+
+
+@pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
+def test_zoo_run_detects_with_a_narrowed_faster_rcnn(narrowed, tmp_path, capsys):
+    from PIL import Image
+    card, weights, graph, image = narrowed
     drawn = tmp_path / "drawn.png"
     args = ["run", "card", str(image), "--card", str(card), "--weights", str(weights)]
     assert cli.main(args + ["--json", "--threshold", "0.06", "--draw", str(drawn)]) == 0
@@ -211,6 +226,15 @@ def test_zoo_run_detects_with_a_narrowed_faster_rcnn(tmp_path, monkeypatch, caps
     assert cli.main(args + ["--threshold", "0.9999"]) == 0
     assert capsys.readouterr().out.splitlines()[1:] == ["  nothing at or above 0.9999"]
     assert len(list((tmp_path / "home").rglob("*.onnx"))) == 1  # converted once, at 192x256
+
+
+@pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
+def test_zoo_run_of_a_faster_rcnn_prototxt_without_a_card_is_one_line(narrowed, capsys):
+    card, weights, _, image = narrowed
+    assert cli.main(["run", str(card.parent / "frcnn.prototxt"), str(image), "--weights", str(weights)]) == 1
+    assert capsys.readouterr().err.endswith("frcnn.prototxt: running a Faster R-CNN net takes a card giving its "
+                                            "input's shorter side (input.resize, an integer), means and outputs "
+                                            "[class probabilities, box deltas]\n")
 
 
 @pytest.mark.slow

@@ -93,10 +93,10 @@ def decode(rois: np.ndarray, cls_prob: np.ndarray, bbox_pred: np.ndarray, scale:
     """The detections of one image of ``size`` (W, H), most confident first: the proposals (rows
     batch, x1, y1, x2, y2 on the rescaled image) back in original pixels, moved by their class's deltas,
     clipped to the image; per class (not the background 0) NMS, then the boxes at or above ``threshold``."""
-    num = cls_prob.shape[1]
-    if bbox_pred.shape != (len(rois), 4 * num) or cls_prob.shape[0] != len(rois):
-        raise CaffeError(f"Faster R-CNN outputs: {len(rois)} rois, cls_prob {tuple(cls_prob.shape)} and bbox_pred "
-                         f"{tuple(bbox_pred.shape)}; expected one row per roi and 4 deltas per class")
+    num = cls_prob.shape[-1]
+    if rois.ndim != 2 or rois.shape[1] != 5 or cls_prob.shape != (len(rois), num) or bbox_pred.shape != (len(rois), 4 * num):
+        raise CaffeError(f"Faster R-CNN outputs: rois {tuple(rois.shape)}, cls_prob {tuple(cls_prob.shape)} and bbox_pred "
+                         f"{tuple(bbox_pred.shape)}; expected (R, 5) rois, and per roi class scores and 4 deltas per class")
     w, h = size
     boxes = rois[:, 1:5].astype(np.float32) / np.float32(scale)  # float32, as numpy 1 divided by a float64 scalar
     boxes = clip_boxes(bbox_transform_inv(boxes, bbox_pred.astype(np.float32)), h, w)
@@ -140,8 +140,7 @@ def detect(model: Any, feed: Any, images: Sequence[Path], labels: Sequence[str],
         size = (image.shape[2], image.shape[1])
         rois, probs, deltas = (out[n] for n in (feed.rois, *card.outputs))
         results.append({"image": str(path), "size": list(size),
-                        "detections": decode(rois.reshape(-1, 5), probs.reshape(len(probs), -1),
-                                             deltas.reshape(len(deltas), -1), scale, size, labels, threshold)})
+                        "detections": decode(rois, probs, deltas, scale, size, labels, threshold)})
         if progress is not None:
             progress(1)
     return results
