@@ -18,6 +18,7 @@ class BlobCheck:
     torch_vs_reference: Optional[float] = None
     onnx_vs_reference: Optional[float] = None
     ok: bool = True
+    shape: Optional[tuple[int, ...]] = None  # of the PyTorch value (how many proposals a proposal layer kept)
 
 
 @dataclass
@@ -46,19 +47,71 @@ def _fmt(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
+@dataclass(frozen=True)
+class ProposalFeed:
+    """A proposal layer's inputs and output as net values: the image input its scores come from, the
+    input its im_info ([[height, width, scale]]) bottom reads, and its rois top."""
+    image: str
+    im_info: str
+    rois: str
+
+
+def proposal_feeds(graph: Graph) -> list[ProposalFeed]:
+    """Each py-faster-rcnn proposal layer (recognised as the converter recognises it, by its Python
+    module and class) whose im_info bottom is a net input, with the 4-D net input its scores derive from."""
+    from .layers.rcnn import python_kind
+    by_name = {l.name: l for l in graph.layers}
+    feeds = []
+    for layer in graph.layers:
+        if layer.type != "Python" or python_kind(layer.proto) != "proposal" or len(layer.bottoms) != 3:
+            continue
+        info = layer.bottoms[2]
+        if info not in graph.inputs:
+            continue
+        images = [v for v in _input_ancestors(graph, by_name, layer.bottoms[0])
+                  if v != info and graph.values[v].shape is not None and len(graph.values[v].shape) == 4]
+        if len(images) == 1:
+            feeds.append(ProposalFeed(images[0], info, layer.tops[0]))
+    return feeds
+
+
+def _input_ancestors(graph: Graph, by_name: dict, value: str) -> list[str]:
+    """The net inputs ``value`` is computed from, in the graph's input order."""
+    seen, stack, found = set(), [value], set()
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        producer = graph.values[v].producer
+        if producer is None or v in graph.inputs:
+            found.add(v)
+        else:
+            stack.extend(by_name[producer].bottoms)
+    return [v for v in graph.inputs if v in found]
+
+
 def random_inputs(graph: Graph, seed: int = 0) -> list[np.ndarray]:
     """One seeded input per input of the converted net (``registry.inference_io``: no label that only a
-    loss read): images-like values for 4-D inputs, small ones otherwise."""
+    loss read): images-like values for 4-D inputs, small ones otherwise, except a proposal layer's
+    im_info input: the true (height, width, 1.0) of its image input per image, so that its boxes are
+    real ones (a random im_info describes an image under a pixel: the min-size filter keeps one box)."""
     from .registry import inference_io
     rng = np.random.default_rng(seed)
-    out = []
-    for v in inference_io(graph).inputs:
+    fed = inference_io(graph).inputs
+    out = {}
+    for v in fed:
         shape = graph.values[v].shape
         if len(shape) == 4:
-            out.append((rng.uniform(0, 255, shape) - 128).astype(np.float32))
+            out[v] = (rng.uniform(0, 255, shape) - 128).astype(np.float32)
         else:
-            out.append(rng.uniform(0, 1, shape).astype(np.float32))
-    return out
+            out[v] = rng.uniform(0, 1, shape).astype(np.float32)
+    for feed in proposal_feeds(graph):
+        if feed.im_info in out and out[feed.im_info].size == 3 * graph.values[feed.image].shape[0]:
+            n, _, h, w = graph.values[feed.image].shape
+            rows = np.tile(np.array([[h, w, 1.0]], np.float32), (n, 1))
+            out[feed.im_info] = rows.reshape(out[feed.im_info].shape)
+    return [out[v] for v in fed]
 
 
 def compare(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[float, bool]:
@@ -132,6 +185,7 @@ def verify(graph: Graph, inputs: Optional[Sequence[np.ndarray]] = None,
             check = BlobCheck(graph.values[v].caffe_name if v in finals or v == graph.values[v].caffe_name else v,
                               layer.name)
             t = torch_values[v]
+            check.shape = tuple(t.shape)
             if v in onnx_values:
                 check.torch_vs_onnx, ok = compare(t, onnx_values[v], rtol)
                 check.ok &= ok

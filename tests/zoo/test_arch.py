@@ -293,22 +293,22 @@ def test_card_checksums_match_the_corpus_copy(name_and_path):
 
 # Faster R-CNN on both backends: the card's net with seeded weights on a small image (3x192x256: a 12x16
 # conv5_3 map, 1728 anchors, the smallest 128 pixels wide), im_info telling its true size, so that the
-# proposals are real boxes (the seeded im_info of `zoo convert`'s check describes an image under a pixel,
-# which leaves at most one proposal).
+# proposals are real boxes (as `zoo convert`'s seeded check now feeds it; a random im_info describes an
+# image under a pixel, which leaves at most one proposal).
 FRCNN_IMAGE = (1, 3, 192, 256)
 FRCNN_HEADS = ("rpn_cls_score", "rpn_bbox_pred", "cls_score", "bbox_pred")  # their widths are the anchors, classes
 
 
-def _seeded_faster_rcnn(narrow: int):
-    """The faster_rcnn_vgg16 graph with every other layer's width divided by ``narrow`` and He-scaled
-    random weights (so the activations neither vanish nor blow up through 13 convolutions); the RPN's box
-    deltas scaled to a trained one's size (about 1, not the image's 100, whose exp() fills the image)."""
-    net = arch.build("faster_rcnn_vgg16")
+def _seeded_faster_rcnn(narrow: int, net=None, info: str = "im_info"):
+    """The faster_rcnn_vgg16 graph (or ``net``) with every other layer's width divided by ``narrow`` and
+    He-scaled random weights (so the activations neither vanish nor blow up through 13 convolutions); the
+    RPN's box deltas scaled to a trained one's size (about 1, not the image's 100, whose exp() fills the image)."""
+    net = net if net is not None else arch.build("faster_rcnn_vgg16")
     for layer in net.layer:
         for param in (layer.convolution_param, layer.inner_product_param):
             if param.num_output and layer.name not in FRCNN_HEADS:
                 param.num_output //= narrow
-    graph = build_graph(net, input_shapes={"data": FRCNN_IMAGE, "im_info": (1, 3)})
+    graph = build_graph(net, input_shapes={"data": FRCNN_IMAGE, info: (1, 3)})
     rng = np.random.default_rng(11)
     for layer in graph.layers:
         layer.blobs = [(rng.standard_normal(s) * (2 / np.prod(s[1:])) ** 0.5 if len(s) > 1 else
@@ -349,3 +349,26 @@ def test_faster_rcnn_narrowed_converts_and_both_backends_agree():
 def test_faster_rcnn_full_width_converts_and_both_backends_agree():
     """The card's net as published (137 M parameters, fc6 alone 103 M) on the same small image."""
     _both_backends_agree(_seeded_faster_rcnn(narrow=1))
+
+
+@pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
+@pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning")
+def test_verify_feeds_the_proposal_layer_the_true_image_size():
+    """`zoo convert`/`zoo verify`'s seeded check on the publisher's prototxt: the proposal layer's im_info
+    input (found through the layer, whatever its blob is called) says the data's height and width at scale
+    1, so both backends compare over a hundred real proposals, not the one box a random im_info leaves."""
+    from converters.verify import proposal_feeds, random_inputs, verify
+    corpus = shared_dir() / "corpus" / "faster_rcnn_vgg16" / "test.prototxt"
+    if not corpus.is_file():
+        pytest.skip(f"{corpus} is missing")
+    net = read_net(corpus)[0]
+    for names in [net.input] + [field for l in net.layer for field in (l.top, l.bottom)]:
+        names[:] = ["image_size" if n == "im_info" else n for n in names]  # the layer counts, not the name
+    graph = _seeded_faster_rcnn(narrow=8, net=net, info="image_size")
+    assert [(f.image, f.im_info, f.rois) for f in proposal_feeds(graph)] == [("data", "image_size", "rois")]
+    data, info = random_inputs(graph)
+    assert data.shape == FRCNN_IMAGE and info.tolist() == [[192, 256, 1]]
+    report = verify(graph)
+    assert report.ok, report.lines()
+    rois = next(c for c in report.checks if c.blob == "rois")
+    assert rois.ok and rois.shape[0] >= 20, rois  # 129 here

@@ -18,6 +18,7 @@ examples:
   zoo run out/GoogleNet.onnx cat.jpg --card my_card.json
   zoo run bvlc_alexnet cat.jpg --device cuda --json
   zoo run yufacedetectnet_v1 people.jpg --threshold 0.6 --draw faces.png
+  zoo run faster_rcnn_vgg16 street.jpg --weights VGG16_faster_rcnn_final.caffemodel --draw boxes.png
   zoo run segnet.onnx street.png --card segnet.json --draw street_classes.png
 """
 
@@ -32,34 +33,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="onnxruntime device (default auto: CUDA when it really works)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="detection nets: the lowest confidence of a box shown (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="detection nets: the lowest confidence of a box shown (default 0.5; Faster R-CNN 0.8, "
+                        "as its publisher's demo)")
     p.add_argument("--draw", metavar="OUT", type=Path,
                    help="detection and segmentation nets: write the image with the boxes drawn, or the class "
                         "mask blended over it, to OUT (.png/.jpg; a folder of OUT/NAME.png for several images)")
 
 
-def _onnx_file(args: argparse.Namespace) -> tuple[str, object]:
-    """(the .onnx file to run, the card or None): given, or converted once from the model's net and weights."""
-    from zoo.hub import registry
-    if args.model.endswith(".onnx"):
-        if not os.path.exists(args.model):
-            raise CommandError(f"{args.model}: no such file")
-        return args.model, registry.load_user_card(args.card) if args.card else None
+def _resolve(args: argparse.Namespace):
+    """The zoo model, user card or prototxt named, with its weights."""
     from zoo.hub.resolve import resolve
-    from zoo.inference.classify import cached_onnx
     model = resolve(None if args.card else args.model, card=args.card, weights=args.weights)
     model.require_weights("running it")
-    return cached_onnx(model), model.card
+    return model
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo.inference.classify import classify
+    from zoo.hub import registry
+    from zoo.inference.classify import cached_onnx, classify
     from zoo.inference.image import find_images
     from zoo.inference.runtime import session
     from zoo.inference.transform import Transform
     images = find_images(args.images)
-    path, card = _onnx_file(args)
+    if args.model.endswith(".onnx"):
+        if not os.path.exists(args.model):
+            raise CommandError(f"{args.model}: no such file")
+        path, card = args.model, registry.load_user_card(args.card) if args.card else None
+    else:
+        from zoo.inference.rcnn import region_feed
+        model = _resolve(args)
+        feed = region_feed(model)
+        if feed is not None:  # Faster R-CNN: its own input (im_info) and decoding
+            return _regions(args, model, feed, images)
+        path, card = cached_onnx(model), model.card
     sess = session(path, device=args.device, quiet=False)
     if len(sess.get_inputs()) > 1:
         names = ", ".join(i.name for i in sess.get_inputs())
@@ -103,12 +110,31 @@ def _progress(args: argparse.Namespace, images: list):
 
 def _scene(args: argparse.Namespace, sess, transform, images: list, labels: list, kind: str) -> int:
     """A detection or segmentation net: boxes above the threshold, or each class's share of the pixels."""
-    from zoo.inference import overlay
     from zoo.inference.scene import analyse
+    threshold = 0.5 if args.threshold is None else args.threshold
     with _progress(args, images) as bar:
-        results, maps = analyse(sess, transform, images, labels, kind, args.threshold, args.batch, bar.update)
+        results, maps = analyse(sess, transform, images, labels, kind, threshold, args.batch, bar.update)
+    return _show(args, results, maps, labels, kind, threshold)
+
+
+def _regions(args: argparse.Namespace, model, feed, images: list) -> int:
+    """A Faster R-CNN net: each image at its own size, its proposals decoded as the publisher's demo does."""
+    from zoo.inference.rcnn import CONF_THRESH, detect
+    if args.batch != 1:
+        note("Faster R-CNN runs one image at a time (its proposal layer takes a batch of one): --batch ignored")
+    threshold = CONF_THRESH if args.threshold is None else args.threshold
+    labels = model.card.label_names() if model.card is not None else []
+    with _progress(args, images) as bar:
+        results = detect(model, feed, images, labels, threshold, args.device, bar.update)
+    return _show(args, results, [None] * len(results), labels, "detection", threshold)
+
+
+def _show(args: argparse.Namespace, results: list, maps: list, labels: list, kind: str, threshold: float) -> int:
+    """Draw (--draw), then print the results: JSON, or a line per box or class."""
+    from zoo.inference import overlay
     if args.draw is not None:
         num_classes = max(len(labels), 1 + max((int(m.max()) for m in maps if m is not None), default=0))
+        images = [Path(r["image"]) for r in results]
         for result, classes, out in zip(results, maps, overlay.drawing_paths(args.draw, images)):
             if classes is None:
                 overlay.draw_boxes(Path(result["image"]), result["detections"], out)
@@ -126,7 +152,7 @@ def _scene(args: argparse.Namespace, sess, transform, images: list, labels: list
                 x0, y0, x1, y1 = d["box"]
                 print(f"  {d['confidence']:.4f}  {d['label']}  [{x0:g}, {y0:g}, {x1:g}, {y1:g}]")
             if not r["detections"]:
-                print(f"  nothing at or above {args.threshold:g}")
+                print(f"  nothing at or above {threshold:g}")
         else:
             for c in r["classes"]:
                 print(f"  {100 * c['share']:6.2f}%  {c['label']}")

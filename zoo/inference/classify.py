@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -15,20 +15,36 @@ from zoo.inference.image import batches
 from zoo.inference.transform import Transform
 
 
-def cached_onnx(model: Model) -> str:
+def cached_onnx(model: Model, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                outputs: Sequence[str] = ()) -> str:
     """The model's .onnx file in the cache (batch 1, symbolic), converted once per weights file: the
     name carries the weights' path, size and modification time, so other weights never get a stale file
-    (a net without parameters: its prototxt's)."""
-    import converters
+    (a net without parameters: its prototxt's). ``input_shapes`` (default: the card's) and ``outputs``
+    (graph values to output besides the net's own, e.g. Faster R-CNN's rois) make another file each."""
     name = model.card.name if model.card is not None else Path(model.source).stem
     keyed = model.weights if model.weights is not None else model.source
     st = os.stat(keyed)
-    key = hashlib.sha1(f"{os.path.abspath(keyed)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    text = f"{os.path.abspath(keyed)}:{st.st_size}:{st.st_mtime_ns}"
+    if input_shapes is not None or outputs:
+        text += f":{sorted((k, tuple(v)) for k, v in (input_shapes or {}).items())}:{list(outputs)}"
+    key = hashlib.sha1(text.encode()).hexdigest()[:12]
     target = cache_dir() / "onnx" / f"{name}-{key}.onnx"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        converters.save_onnx(model.graph(model.card_input_shapes()), target)
+        _convert(model.graph(input_shapes if input_shapes is not None else model.card_input_shapes()), target,
+                 outputs)
     return str(target)
+
+
+def _convert(graph: Any, target: Path, outputs: Sequence[str]) -> None:
+    from onnx import TensorProto, helper
+
+    from converters.onnx import DEFAULT_OPSET, build, write_model
+    model, arrays = build(graph, opset=DEFAULT_OPSET)
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend(helper.make_tensor_value_info(v, TensorProto.FLOAT, None)
+                              for v in outputs if v not in have)
+    write_model(model, arrays, target)
 
 
 def probabilities(scores: np.ndarray) -> tuple[np.ndarray, bool]:

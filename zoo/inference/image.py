@@ -102,11 +102,12 @@ def _opencv_gray(rgb: np.ndarray, fmt: Optional[str]) -> np.ndarray:
     return gray.astype(np.uint8)
 
 
-def _linear_taps(out: int, size: int, clamp_weights: bool):
+def _linear_taps(out: int, size: int, clamp_weights: bool, factor: Optional[float] = None):
     """cv::resize INTER_LINEAR source taps and weights along one axis: half-pixel centres computed in
     float, weights as 11-bit fixed point (INTER_RESIZE_COEF_BITS). Columns past the border take the edge
-    pixel with weight 0 (``clamp_weights``); rows keep their weight and clamp the row index."""
-    f = ((np.arange(out) + 0.5) * (1.0 / (out / size)) - 0.5).astype(np.float32)
+    pixel with weight 0 (``clamp_weights``); rows keep their weight and clamp the row index. The source
+    step is the sizes' ratio, or 1/``factor`` when the caller gave cv::resize a factor (fx, fy) instead."""
+    f = ((np.arange(out) + 0.5) * (1.0 / (factor or out / size)) - 0.5).astype(np.float32)
     lo = np.floor(f).astype(np.int64)
     f = (f - lo).astype(np.float32)
     if clamp_weights:
@@ -124,14 +125,15 @@ def _linear_taps(out: int, size: int, clamp_weights: bool):
     return lo, hi, w0, w1, f
 
 
-def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_bilinear(image: np.ndarray, height: int, width: int, factor: Optional[float] = None) -> np.ndarray:
     """cv::resize INTER_LINEAR on a (C, H, W) image, as Caffe's ReadImageToCVMat resizes: uint8 with
-    OpenCV's fixed-point arithmetic (bit-exact with OpenCV 4's), float data in float."""
+    OpenCV's fixed-point arithmetic (bit-exact with OpenCV 4's), float data in float. ``factor``: resize
+    as cv2.resize(image, None, fx=factor, fy=factor) does (``height``, ``width`` then its rounded sizes)."""
     c, h, w = image.shape
-    if (h, w) == (height, width):
+    if (h, w) == (height, width) and factor in (None, 1.0):
         return image
-    y0, y1, b0, b1, fy = _linear_taps(height, h, clamp_weights=False)
-    x0, x1, a0, a1, fx = _linear_taps(width, w, clamp_weights=True)
+    y0, y1, b0, b1, fy = _linear_taps(height, h, clamp_weights=False, factor=factor)
+    x0, x1, a0, a1, fx = _linear_taps(width, w, clamp_weights=True, factor=factor)
     if image.dtype != np.uint8:  # float data (a Datum's float_data, an .npz): no rounding to 8 bits
         img = image.astype(np.float32)
         rows = img[:, :, x0] * (1 - fx) + img[:, :, x1] * fx

@@ -48,10 +48,14 @@ def detections(rows: np.ndarray, image: int, size: tuple[int, int], labels: Sequ
     w, h = size
     found = []
     for r in keep[np.argsort(-keep[:, 2], kind="stable")]:
-        x0, y0, x1, y1 = np.clip(r[3:7], 0.0, 1.0) * (w, h, w, h)
-        found.append({"class": int(r[1]), "label": _label(labels, int(r[1])), "confidence": float(r[2]),
-                      "box": [round(float(v), 1) for v in (x0, y0, x1, y1)]})
+        found.append(detection(int(r[1]), float(r[2]), np.clip(r[3:7], 0.0, 1.0) * (w, h, w, h), labels))
     return found
+
+
+def detection(k: int, confidence: float, box: Sequence[float], labels: Sequence[str]) -> dict:
+    """One found object as `zoo run` shows it: class, label, confidence, box [xmin, ymin, xmax, ymax] in pixels."""
+    return {"class": k, "label": _label(labels, k), "confidence": confidence,
+            "box": [round(float(v), 1) for v in box]}
 
 
 def class_map(scores: np.ndarray) -> np.ndarray:
