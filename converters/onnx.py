@@ -7,6 +7,8 @@ inner product before them when nothing else reads the intermediate value.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
 from typing import Optional, Sequence
 
@@ -163,10 +165,32 @@ def _field(number: int, length: int) -> bytes:
     return _varint((number << 3) | 2) + _varint(length)
 
 
-def write_model(model: onnx.ModelProto, arrays: dict[str, np.ndarray], path) -> None:
+def _shared(tensor: TensorProto, raw: memoryview, folder: str, shared_data: str) -> TensorProto:
+    """``tensor`` referring to its data in ``shared_data/<sha256>.bin`` under ``folder``, written once."""
+    location = f"{shared_data}/{hashlib.sha256(raw).hexdigest()}.bin"
+    target = os.path.join(folder, location)
+    if not os.path.isfile(target) or os.path.getsize(target) != len(raw):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with atomic_open(target) as f:
+            f.write(raw)
+    out = TensorProto()
+    out.CopyFrom(tensor)
+    out.ClearField("raw_data")
+    out.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(len(raw)))):
+        entry = out.external_data.add()
+        entry.key, entry.value = key, value
+    return out
+
+
+def write_model(model: onnx.ModelProto, arrays: dict[str, np.ndarray], path, shared_data: Optional[str] = None,
+                min_shared_bytes: int = 1 << 20) -> None:
     """Write ``model`` with its initializers' data streamed from ``arrays`` (no copy of the weights
     in memory); atomically (temp file, then rename). Readable by any ONNX loader: protobuf merges the
-    graph's fields in any order."""
+    graph's fields in any order. ``shared_data``: a folder name beside ``path`` where each initializer of
+    at least ``min_shared_bytes`` is kept once, in a file named by its content's SHA-256, which the model
+    refers to as ONNX external data: models of one net at several input sizes share one copy of its
+    weights on disk."""
     head = onnx.ModelProto()
     head.CopyFrom(model)
     head.ClearField("graph")
@@ -175,9 +199,12 @@ def write_model(model: onnx.ModelProto, arrays: dict[str, np.ndarray], path) -> 
     graph.ClearField("initializer")
     tensors = []
     for t in model.graph.initializer:
-        header = t.SerializeToString()
         data = arrays[t.name] if t.name in arrays else None
         raw = memoryview(np.ascontiguousarray(data)).cast("B") if data is not None else memoryview(b"")
+        if shared_data is not None and data is not None and len(raw) >= min_shared_bytes:
+            t = _shared(t, raw, os.path.dirname(os.path.abspath(os.fspath(path))), shared_data)
+            data, raw = None, memoryview(b"")
+        header = t.SerializeToString()
         body = len(header) + (len(_field(9, len(raw))) + len(raw) if data is not None else 0)
         tensors.append((header, raw, body, data is not None))
     graph_bytes = graph.SerializeToString()

@@ -63,3 +63,31 @@ def test_runs_at_any_batch(googlenet, _):
     assert got.shape == (3, 1000)
     np.testing.assert_allclose(got[:2], full, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got[2], full[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("_", shared_params([None], ["bvlc_googlenet"]))
+def test_models_of_one_net_share_their_weights_on_disk(googlenet, _, tmp_path):
+    """write_model(shared_data=...): each large initializer once, in a file named by its SHA-256, which
+    every model of the net (here: a second one with an extra output, as zoo run's cache makes per input
+    size or output set) refers to as external data; each model still gives Caffe's numbers."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from converters.onnx import build, write_model
+    graph, _model, ins, outs = googlenet
+    paths = [tmp_path / "googlenet.onnx", tmp_path / "googlenet-pool5.onnx"]
+    for path in paths:
+        model, arrays = build(graph)
+        if path is paths[1]:
+            model.graph.output.append(helper.make_tensor_value_info("pool5/7x7_s1", TensorProto.FLOAT, None))
+        write_model(model, arrays, path, shared_data="weights", min_shared_bytes=1 << 16)
+    shared = sorted((tmp_path / "weights").iterdir())
+    big = [t for t in onnx.load(paths[0], load_external_data=False).graph.initializer if t.external_data]
+    assert len(shared) == len({e.value for t in big for e in t.external_data if e.key == "location"}) > 10
+    weight_bytes = sum(p.stat().st_size for p in shared)
+    assert all(p.stat().st_size < weight_bytes / 10 for p in paths)  # the graphs hold no large weights
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    for path in paths:
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        prob = sess.run(None, {"data": ins["data"]})[0]
+        assert close(prob, outs["prob"]), describe(prob, outs["prob"])

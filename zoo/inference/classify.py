@@ -20,7 +20,9 @@ def cached_onnx(model: Model, input_shapes: Optional[Mapping[str, Sequence[int]]
     """The model's .onnx file in the cache (batch 1, symbolic), converted once per weights file: the
     name carries the weights' path, size and modification time, so other weights never get a stale file
     (a net without parameters: its prototxt's). ``input_shapes`` (default: the card's) and ``outputs``
-    (graph values to output besides the net's own, e.g. Faster R-CNN's rois) make another file each."""
+    (graph values to output besides the net's own, e.g. Faster R-CNN's rois) make another file each; the
+    files share the net's weights, kept once in the cache's onnx/weights folder (``write_model``'s
+    shared_data): a net run at many image sizes costs one copy of its weights on disk."""
     name = model.card.name if model.card is not None else Path(model.source).stem
     keyed = model.weights if model.weights is not None else model.source
     st = os.stat(keyed)
@@ -44,7 +46,7 @@ def _convert(graph: Any, target: Path, outputs: Sequence[str]) -> None:
     have = {o.name for o in model.graph.output}
     model.graph.output.extend(helper.make_tensor_value_info(v, TensorProto.FLOAT, None)
                               for v in outputs if v not in have)
-    write_model(model, arrays, target)
+    write_model(model, arrays, target, shared_data="weights")  # sizes of one net share its weights
 
 
 def probabilities(scores: np.ndarray) -> tuple[np.ndarray, bool]:
