@@ -2,7 +2,7 @@
 explicit threads) vs the PyTorch module vs OpenCV dnn's own Caffe importer, in one run, as ratios.
 
     python benchmarks/inference.py [--threads 2] [--repeat 20] [--models bvlc_googlenet,bvlc_alexnet,resnet50,
-                                    fork/mobilenet_ssd_deploy_merged_bn]
+                                    fork/mobilenet_ssd_deploy_merged_bn,segnet_basic]
 
 Needs the `bench` extra (opencv-python-headless<5: OpenCV 5 dropped the Caffe importer).
 Targets (issue 3): onnxruntime >= 1.3x OpenCV dnn on googlenet and ResNet-50, >= 1x on AlexNet; (issue 11)
@@ -84,7 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--models", default="bvlc_googlenet,bvlc_alexnet,resnet50,fork/mobilenet_ssd_deploy_merged_bn,segnet_basic")
+    parser.add_argument("--models", default="bvlc_googlenet,bvlc_alexnet,resnet50,fork/mobilenet_ssd_deploy_merged_bn,"
+                                              "segnet_basic")
     parser.add_argument("--batches", default="1,16")
     args = parser.parse_args()
     import cv2

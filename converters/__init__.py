@@ -10,7 +10,8 @@
 
 The ONNX and folder paths never import torch: ``to_pytorch`` and ``verify`` import it lazily.
 """
-from .registry import InferenceIO, LayerImpl, implementation, inference_io, register_layer, registered_types
+from .registry import (InferenceIO, LayerImpl, implementation, inference_io, random_layers, random_values,
+                       register_layer, registered_types)
 # Loaded now (numpy only, no torch): a first `from .verify import ...` inside a function would set the
 # package's attribute `verify` to the submodule, and `converters.verify(...)` after `converters.compare`
 # or `random_inputs` in one process was "'module' object is not callable" (zoo convert then zoo verify).
@@ -67,9 +68,15 @@ def compare(got, ref, rtol=1e-4):
     return _verify_module.compare(got, ref, rtol)
 
 
+def random_note(layers):
+    """Words naming the layers that sample at every forward pass (``random_layers``), for what was not compared."""
+    return _verify_module.random_note(layers)
+
+
 def verify(graph, inputs=None, blobs=None, **kwargs):
     return _verify_module.verify(graph, inputs=inputs, blobs=blobs, **kwargs)
 
 
 __all__ = ["to_onnx", "save_onnx", "to_pytorch", "export_folder", "verify", "compare", "run_pytorch", "random_inputs",
-           "inference_io", "InferenceIO", "register_layer", "registered_types", "implementation", "LayerImpl"]
+           "inference_io", "InferenceIO", "random_layers", "random_values", "random_note", "register_layer",
+           "registered_types", "implementation", "LayerImpl"]
