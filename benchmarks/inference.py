@@ -10,9 +10,10 @@ Targets (issue 3): onnxruntime >= 1.3x OpenCV dnn on googlenet and ResNet-50, >=
 and on SegNet (`segnet_basic`: the fork_caffe fixture's net and seeded weights at SegNet's 360x480).
 
 OpenCV dnn cannot read SegNet as published: its Caffe importer refuses caffe-segnet's `bn_param` and has no
-"BN" or "Upsample" layer type; its ONNX importer reads our export but computes it wrongly, at two nodes: the
-LRN's AveragePool (count_include_pad=1, a 5-channel window over 3 channels: it divides by the 3 channels
-inside, not by 5) and MaxPool's second output (the indices: OpenCV's MaxPool has one output, "out_port 1").
+"BN" or "Upsample" layer type (cv2 4.14). Its ONNX importer runs our export but computes it wrongly (max
+difference 0.82 on the probabilities), at two nodes: the LRN's AveragePool (count_include_pad=1, a 5-channel
+window over 3 channels: it divides by the 3 channels inside, not by 5) and MaxPool's second output, the
+indices: OpenCV's MaxPool has one output (a model cut at `pool1_mask` fails "out_port < out.size()").
 So OpenCV runs a twin written with its own Caffe layers (`_opencv_fork.py`: BN -> Scale with bias, the mask
 Upsample -> MaxUnpool), checked here to give our outputs before it is timed. OpenCV's MaxUnpool runs batch 1
 only, so at a larger batch the twin's time is that of one forward per image.
@@ -139,7 +140,7 @@ def main() -> None:
                     net.setInput(image)
                     net.forward()
             t_cv = bench(run_cv, args.repeat)
-            print(f"{Path(source).name[:15]:<16}{batch:>6}{t_ort * 1e3:>13.1f}{t_pt * 1e3:>10.1f}{t_cv * 1e3:>10.1f}"
+            print(f"{Path(name).name[:15]:<16}{batch:>6}{t_ort * 1e3:>13.1f}{t_pt * 1e3:>10.1f}{t_cv * 1e3:>10.1f}"
                   f"{t_cv / t_ort:>10.2f}x{t_pt / t_ort:>10.2f}x")
 
 
