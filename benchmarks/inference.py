@@ -35,15 +35,25 @@ from _opencv_fork import needs_twin, write_twin
 sys.path.insert(0, str(REPO))
 
 
-def bench(fn, repeat: int) -> float:
-    fn()
-    fn()  # warm-up: first runs allocate and pick kernels
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
+def bench(fns: dict, repeat: int) -> dict[str, list[float]]:
+    """Seconds per run of each backend, ``repeat`` rounds that run every backend once in turn: on a shared
+    machine the load drifts over a minute, and backends timed one after the other would see different loads.
+    The ratios are taken round by round (``ratio``)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return median(times)
+        fn()  # warm-up: first runs allocate and pick kernels
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def ratio(slow: list[float], fast: list[float]) -> float:
+    """The median of the per-round ratios."""
+    return median([s / f for s, f in zip(slow, fast)])
 
 
 # short names; a SegNet fixture runs at SegNet's own CamVid size, not the small size Caffe was run at
@@ -64,6 +74,16 @@ def opencv_net(prototxt: Path, weights: Path, graph, folder: Path):
     cv_net = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
     cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     return cv_net, twin
+
+
+def check_twin(name: str, module, net, sess, x: np.ndarray) -> None:
+    """The twin's output on one image against our PyTorch module's (and onnxruntime's, shown)."""
+    import torch
+    net.setInput(x)
+    with torch.no_grad():
+        ours = module(torch.from_numpy(x))
+    ours = (ours[0] if isinstance(ours, (tuple, list)) else ours).numpy()
+    check_same(name, ours, net.forward(), sess.run(None, {sess.get_inputs()[0].name: x})[0])
 
 
 def check_same(name: str, ours: np.ndarray, theirs: np.ndarray, ort_out: np.ndarray) -> None:
@@ -99,7 +119,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     warnings.simplefilter("ignore")
-    print(f"threads={args.threads}, median of {args.repeat} runs, ms per batch")
+    print(f"threads={args.threads}, median of {args.repeat} rounds (each backend once per round), ms per batch; "
+          f"ratios: median of the per-round ratios")
     print(f"{'model':<16}{'batch':>6}{'onnxruntime':>13}{'pytorch':>10}{'opencv':>10}{'ort vs cv':>11}{'ort vs pt':>11}")
     tmp = tempfile.mkdtemp()
     for name in args.models.split(","):
@@ -122,26 +143,24 @@ def main() -> None:
             feed = {sess.get_inputs()[0].name: x}
             tx = torch.from_numpy(x)
             if needs_check:
-                net.setInput(x[:1])
-                with torch.no_grad():
-                    ours = module(tx[:1])
-                ours = (ours[0] if isinstance(ours, (tuple, list)) else ours).numpy()
-                check_same(name, ours, net.forward(), sess.run(None, {sess.get_inputs()[0].name: x[:1]})[0])
+                check_twin(name, module, net, sess, x[:1])
                 needs_check = False
-            t_ort = bench(lambda: sess.run(None, feed), args.repeat)
+
+            def run_ort():
+                sess.run(None, feed)
 
             def run_torch():
                 with torch.no_grad():
                     module(tx)
-            t_pt = bench(run_torch, args.repeat)
 
             def run_cv():
                 for image in np.split(x, batch) if per_image else [x]:
                     net.setInput(image)
                     net.forward()
-            t_cv = bench(run_cv, args.repeat)
-            print(f"{Path(name).name[:15]:<16}{batch:>6}{t_ort * 1e3:>13.1f}{t_pt * 1e3:>10.1f}{t_cv * 1e3:>10.1f}"
-                  f"{t_cv / t_ort:>10.2f}x{t_pt / t_ort:>10.2f}x")
+            t = bench({"ort": run_ort, "pt": run_torch, "cv": run_cv}, args.repeat)
+            ms = {k: median(v) * 1e3 for k, v in t.items()}
+            print(f"{Path(name).name[:15]:<16}{batch:>6}{ms['ort']:>13.1f}{ms['pt']:>10.1f}{ms['cv']:>10.1f}"
+                  f"{ratio(t['cv'], t['ort']):>10.2f}x{ratio(t['pt'], t['ort']):>10.2f}x")
 
 
 if __name__ == "__main__":
