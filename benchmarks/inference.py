@@ -16,7 +16,11 @@ window over 3 channels: it divides by the 3 channels inside, not by 5) and MaxPo
 indices: OpenCV's MaxPool has one output (a model cut at `pool1_mask` fails "out_port < out.size()").
 So OpenCV runs a twin written with its own Caffe layers (`_opencv_fork.py`: BN -> Scale with bias, the mask
 Upsample -> MaxUnpool), checked here to give our outputs before it is timed. OpenCV's MaxUnpool runs batch 1
-only, so at a larger batch the twin's time is that of one forward per image.
+only, so at a larger batch the twin's time is that of one forward per image. The full SegNet is no row: with
+seeded weights its activations reach ~650, and near-ties flip a few mask entries between any two implementations
+(onnxruntime vs our PyTorch: 1 of pool5's; the OpenCV twin vs PyTorch: 2 of upsample5's input), which its decoder
+spreads over thousands of output pixels, so no output check within tolerance can hold (the twin agrees through
+pool5: 0.0043 at most, tolerance 0.065).
 """
 from __future__ import annotations
 
