@@ -37,13 +37,22 @@ def median(xs):
     return xs[len(xs) // 2]
 
 
-def bench(fn, repeat: int) -> float:
-    """The median seconds of ``repeat`` calls after two warm-up calls (first runs allocate and pick kernels)."""
-    fn()
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
+def bench(fns: dict, repeat: int) -> dict[str, list[float]]:
+    """Seconds per run of each backend, ``repeat`` rounds that run every backend once in turn: on a shared
+    machine the load drifts over a minute, and backends timed one after the other would see different loads.
+    The ratios are taken round by round (``ratio``)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return median(times)
+        fn()  # warm-up: first runs allocate and pick kernels
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def ratio(slow: list[float], fast: list[float]) -> float:
+    """The median of the per-round ratios."""
+    return median([s / f for s, f in zip(slow, fast)])

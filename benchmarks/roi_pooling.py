@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _fixtures import REPO, bench
+from _fixtures import REPO, bench, median, ratio
 
 sys.path.insert(0, str(REPO))
 from converters import to_onnx  # noqa: E402
@@ -95,13 +95,15 @@ def main() -> None:
         want = loop_roi_pooling(xt, rt, POOLED, POOLED, SCALE)
         got = module(xt, rt)
         assert torch.equal(got, want) and np.array_equal(ort_fn(), want.numpy()), "the three disagree"
-        loop = bench(lambda: loop_roi_pooling(xt, rt, POOLED, POOLED, SCALE), args.repeat)
-        vec = bench(lambda: module(xt, rt), args.repeat)
-    ort_s = bench(ort_fn, args.repeat)
-    print(f"ROIPooling 1x512x38x50, {args.rois} ROIs, {POOLED}x{POOLED}, {args.threads} threads (median of {args.repeat})")
+        times = bench({"loop (before)": lambda: loop_roi_pooling(xt, rt, POOLED, POOLED, SCALE),
+                       "vectorised (converters.nn)": lambda: module(xt, rt), "onnxruntime MaxRoiPool": ort_fn},
+                      args.repeat)
+    loop, ort_s = times["loop (before)"], times["onnxruntime MaxRoiPool"]
+    print(f"ROIPooling 1x512x38x50, {args.rois} ROIs, {POOLED}x{POOLED}, {args.threads} threads "
+          f"(medians of {args.repeat} interleaved rounds)")
     print(f"{'path':<28}{'ms':>9}{'vs loop':>9}{'vs ORT':>9}")
-    for name, t in (("loop (before)", loop), ("vectorised (converters.nn)", vec), ("onnxruntime MaxRoiPool", ort_s)):
-        print(f"{name:<28}{t * 1e3:>9.1f}{loop / t:>8.1f}x{ort_s / t:>8.2f}x")
+    for name, t in times.items():
+        print(f"{name:<28}{median(t) * 1e3:>9.1f}{ratio(loop, t):>8.1f}x{ratio(ort_s, t):>8.2f}x")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@
 
 The ONNX and folder paths never import torch: ``to_pytorch`` and ``verify`` import it lazily.
 """
-from .registry import InferenceIO, LayerImpl, implementation, inference_io, register_layer, registered_types
+from .registry import (InferenceIO, LayerImpl, implementation, inference_io, random_layers, random_values,
+                       register_layer, registered_types)
 # Loaded now (numpy only, no torch): a first `from .verify import ...` inside a function would set the
 # package's attribute `verify` to the submodule, and `converters.verify(...)` after `converters.compare`
 # or `random_inputs` in one process was "'module' object is not callable" (zoo convert then zoo verify).
@@ -27,13 +28,20 @@ def to_onnx(graph, opset=None, dynamic_batch=True, fold=True):
     return _to_onnx(graph, opset=opset or DEFAULT_OPSET, dynamic_batch=dynamic_batch, fold=fold)
 
 
-def save_onnx(graph, path, opset=None, dynamic_batch=True):
+def save_onnx(graph, path, opset=None, dynamic_batch=True, outputs=(), shared_data=None):
     """Write ``graph`` as an ONNX file at ``path`` (atomically, weights streamed from the graph's arrays
     without a second copy in memory). Returns the model without initializer data and the arrays by
-    initializer name, for a caller that runs the model on them."""
+    initializer name, for a caller that runs the model on them. ``outputs``: graph values to output
+    besides the net's own (e.g. Faster R-CNN's rois). ``shared_data``: a folder name beside ``path``
+    keeping each large initializer once by content (``converters.onnx.write_model``), shared by every
+    model written with it: a cache of one net at several input sizes holds its weights once."""
+    from onnx import TensorProto, helper
     from .onnx import DEFAULT_OPSET, build, write_model
     model, arrays = build(graph, opset=opset or DEFAULT_OPSET, dynamic_batch=dynamic_batch)
-    write_model(model, arrays, path)
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend(helper.make_tensor_value_info(v, TensorProto.FLOAT, None)
+                              for v in outputs if v not in have)
+    write_model(model, arrays, path, shared_data=shared_data)
     return model, arrays
 
 
@@ -64,9 +72,21 @@ def compare(got, ref, rtol=1e-4):
     return _verify_module.compare(got, ref, rtol)
 
 
+def random_note(layers):
+    """Words naming the layers that sample at every forward pass (``random_layers``), for what was not compared."""
+    return _verify_module.random_note(layers)
+
+
+def proposal_feeds(graph):
+    """Each py-faster-rcnn proposal layer whose im_info bottom is a net input (``ProposalFeed``: that input,
+    the image input its scores come from, its rois top), as ``random_inputs`` feeds it."""
+    return _verify_module.proposal_feeds(graph)
+
+
 def verify(graph, inputs=None, blobs=None, **kwargs):
     return _verify_module.verify(graph, inputs=inputs, blobs=blobs, **kwargs)
 
 
 __all__ = ["to_onnx", "save_onnx", "to_pytorch", "export_folder", "verify", "compare", "run_pytorch", "random_inputs",
-           "inference_io", "InferenceIO", "register_layer", "registered_types", "implementation", "LayerImpl"]
+           "inference_io", "InferenceIO", "random_layers", "random_values", "random_note", "proposal_feeds",
+           "register_layer", "registered_types", "implementation", "LayerImpl"]

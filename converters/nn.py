@@ -243,11 +243,15 @@ class Elementwise(CaffeModule):
 
 
 class Dropout(CaffeModule):
-    def __init__(self, ratio):
-        super().__init__(ratio=ratio)
+    """Caffe Dropout: in training a fresh mask keeps each value with probability 1 - ratio and scales it by
+    1 / (1 - ratio); at test the identity, unless ``sample_at_test`` (caffe-segnet's sample_weights_test:
+    Monte Carlo dropout, the training mask at test too, drawn from torch's RNG so torch.manual_seed repeats it)."""
+
+    def __init__(self, ratio, sample_at_test=False):
+        super().__init__(ratio=ratio, sample_at_test=sample_at_test)
 
     def forward(self, x):
-        return F.dropout(x, self.args["ratio"], self.training)
+        return F.dropout(x, self.args["ratio"], self.training or self.args["sample_at_test"])
 
 
 class BatchNorm(CaffeModule):

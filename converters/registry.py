@@ -119,6 +119,11 @@ class LayerImpl:
         can fold into the Convolution or InnerProduct before it); None otherwise."""
         return None
 
+    def random_at_test(self, layer: Layer) -> bool:
+        """Whether its output at inference is random by design (a fresh sample each forward, as Bayesian
+        SegNet's Monte Carlo dropout): two backends, or two runs, agree only on average."""
+        return False
+
     def serves(self, layer: Layer) -> bool:
         """Whether this implementation handles this layer of its type (the built-in 'Python' one serves
         only the well-known Python layers)."""
@@ -186,6 +191,26 @@ def implementation(layer_type: str) -> Optional[LayerImpl]:
     """The implementation of a type, or None (a data layer, or a type nobody registered)."""
     _discover()
     return _REGISTRY.get(layer_type)
+
+
+def random_layers(graph: Graph) -> list[str]:
+    """The layers whose output at inference is random by design, in net order."""
+    out = []
+    for layer in graph.layers:
+        impl = implementation(layer.type)
+        if impl is not None and impl.serves(layer) and impl.random_at_test(layer):
+            out.append(layer.name)
+    return out
+
+
+def random_values(graph: Graph) -> set[str]:
+    """The values a random layer (``random_layers``) writes, and every value computed from one."""
+    tainted: set[str] = set()
+    sources = set(random_layers(graph))
+    for layer in graph.layers:
+        if layer.name in sources or tainted & set(layer.bottoms):
+            tainted.update(layer.tops)
+    return tainted
 
 
 def training_only(layer_type: str) -> bool:

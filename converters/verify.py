@@ -19,6 +19,7 @@ class BlobCheck:
     onnx_vs_reference: Optional[float] = None
     ok: bool = True
     shape: Optional[tuple[int, ...]] = None  # of the PyTorch value (how many proposals a proposal layer kept)
+    random: bool = False      # computed from a layer that samples at test: random by design, not compared
 
 
 @dataclass
@@ -26,6 +27,7 @@ class VerifyReport:
     checks: list[BlobCheck] = field(default_factory=list)
     outputs: dict[str, float] = field(default_factory=dict)   # output -> max |torch - onnx|
     first_divergence: Optional[BlobCheck] = None
+    random_layers: list[str] = field(default_factory=list)    # layers that sample at test (Monte Carlo dropout)
 
     @property
     def ok(self) -> bool:
@@ -33,13 +35,17 @@ class VerifyReport:
 
     def lines(self) -> list[str]:
         out = [f"{name}: max |pytorch - onnxruntime| = {d:.3g}" for name, d in self.outputs.items()]
+        skipped = sum(c.random for c in self.checks)
+        if skipped:
+            out.append(f"{skipped} blobs computed from {random_note(self.random_layers)} are random by design "
+                       f"and were not compared")
         if self.first_divergence:
             c = self.first_divergence
             out.append(f"first divergence at layer '{c.layer}' (blob '{c.blob}'): "
                        f"pytorch-onnx {_fmt(c.torch_vs_onnx)}, pytorch-reference {_fmt(c.torch_vs_reference)}, "
                        f"onnx-reference {_fmt(c.onnx_vs_reference)}")
         else:
-            out.append(f"all {len(self.checks)} compared blobs agree")
+            out.append(f"all {len(self.checks) - skipped} compared blobs agree")
         return out
 
 
@@ -114,6 +120,12 @@ def random_inputs(graph: Graph, seed: int = 0) -> list[np.ndarray]:
     return [out[v] for v in fed]
 
 
+def random_note(layers: Sequence[str]) -> str:
+    """Names the layers that sample at test, for the lines that say what was not compared."""
+    shown = ", ".join(f"'{name}'" for name in layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+    return f"layers that sample at every forward pass ({shown})"
+
+
 def compare(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[float, bool]:
     """(max |a - b|, whether a is within rtol and atol = rtol*max(1, max|b|) of b); inf, False on shapes."""
     if a.shape != b.shape:
@@ -177,13 +189,18 @@ def verify(graph: Graph, inputs: Optional[Sequence[np.ndarray]] = None,
     order = [v for l in graph.layers for v in l.tops if v in torch_values]
     onnx_values = run_onnx_values(graph, inputs, order)
     finals = {graph.final_value(name): name for name in (blobs or {})}
-    report = VerifyReport()
+    from .registry import inference_io, random_layers, random_values
+    report = VerifyReport(random_layers=random_layers(graph))
+    sampled = random_values(graph)
     for layer in graph.layers:
         for v in layer.tops:
             if v not in torch_values:
                 continue
             check = BlobCheck(graph.values[v].caffe_name if v in finals or v == graph.values[v].caffe_name else v,
-                              layer.name)
+                              layer.name, random=v in sampled)
+            report.checks.append(check)
+            if check.random:  # each backend (and Caffe) draws its own masks: equal only on average
+                continue
             t = torch_values[v]
             check.shape = tuple(t.shape)
             if v in onnx_values:
@@ -196,11 +213,9 @@ def verify(graph: Graph, inputs: Optional[Sequence[np.ndarray]] = None,
                 if v in onnx_values:
                     check.onnx_vs_reference, ok = compare(onnx_values[v], ref, rtol)
                     check.ok &= ok
-            report.checks.append(check)
             if not check.ok and report.first_divergence is None:
                 report.first_divergence = check
-    from .registry import inference_io
     for o in inference_io(graph).outputs:
-        if o in torch_values and o in onnx_values:
+        if o in torch_values and o in onnx_values and o not in sampled:
             report.outputs[graph.values[o].caffe_name] = compare(torch_values[o], onnx_values[o], rtol)[0]
     return report

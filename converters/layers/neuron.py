@@ -1,8 +1,9 @@
 """Element-wise neurons: ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log, Threshold, Clip,
-Swish, Dropout (identity at test time)."""
+Swish, Dropout (identity at test time, or Monte Carlo dropout with caffe-segnet's sample_weights_test)."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -135,10 +136,43 @@ class Elementwise(LayerImpl):
             ctx.node("Mul", [ln, ctx.const(np.float32(1.0 / math.log(a["base"])), "base_scale")], [y])
 
 
+class MonteCarloDropoutNote(UserWarning):
+    """A Dropout that samples at test time (caffe-segnet's sample_weights_test): the outputs are random."""
+
+
+def _note_sampling(layer) -> None:
+    warnings.warn(MonteCarloDropoutNote(
+        f"layer '{layer.name}': Dropout with sample_weights_test samples a fresh mask at every forward pass "
+        f"(Monte Carlo dropout, as caffe-segnet at test): this net's outputs are random by design; average "
+        f"many passes"), stacklevel=4)
+
+
 @register_layer("Dropout")
 class Dropout(LayerImpl):
+    """caffe-segnet's dropout_layer.cpp at test with sample_weights_test: mask ~ Bernoulli(1 - ratio) per
+    value, top = bottom * mask / (1 - ratio), as in training; without it a copy."""
+
+    def random_at_test(self, layer) -> bool:
+        return layer.proto.dropout_param.sample_weights_test
+
     def torch(self, layer, graph):
-        return nn_specs().Dropout(layer.proto.dropout_param.dropout_ratio), []
+        sample = self.random_at_test(layer)
+        if sample:
+            _note_sampling(layer)
+        return nn_specs().Dropout(layer.proto.dropout_param.dropout_ratio, sample), []
 
     def onnx(self, layer, ctx):
-        ctx.node("Identity", [layer.bottoms[0]], [layer.tops[0]])
+        if not self.random_at_test(layer):
+            ctx.node("Identity", [layer.bottoms[0]], [layer.tops[0]])
+            return
+        _note_sampling(layer)
+        # Not ONNX Dropout with training_mode true: onnxruntime's EliminateDropout (basic optimisations, on by
+        # default) removes any Dropout between two nodes whatever its training_mode, so the net would silently
+        # be the identity. The mask from RandomUniformLike instead: kept where u < 1 - ratio, as Caffe's
+        # Bernoulli(1 - ratio); the kept values times 1/(1 - ratio).
+        ratio = float(layer.proto.dropout_param.dropout_ratio)
+        x = layer.bottoms[0]
+        u = ctx.node("RandomUniformLike", [x], dtype=1, low=0.0, high=1.0)[0]
+        keep = ctx.node("Cast", [ctx.node("Less", [u, ctx.const(np.float32(1 - ratio), "keep")])[0]], to=1)[0]
+        scaled = ctx.node("Mul", [keep, ctx.const(np.float32(1 / (1 - ratio)), "scale")])[0]
+        ctx.node("Mul", [x, scaled], [layer.tops[0]])

@@ -128,7 +128,7 @@ def _verify_outputs(graph, model, arrays, dynamic_batch: bool, folder: str, chil
     arrays (fed as inputs), so this process holds no second copy of the weights."""
     import onnx
 
-    from converters import compare, random_inputs
+    from converters import compare, random_inputs, random_layers, random_note, random_values
     from zoo.inference.runtime import session
     inputs = random_inputs(graph)
     if dynamic_batch:  # one item is enough to compare, and keeps the check cheap
@@ -146,8 +146,11 @@ def _verify_outputs(graph, model, arrays, dynamic_batch: bool, folder: str, chil
     names = [graph.values[o.name].caffe_name if o.name in graph.values else o.name for o in sess.get_outputs()]
     if len(expected) != len(got):
         raise CommandError(f"{folder}/model.py gives {len(expected)} outputs, the ONNX model {len(got)}")
-    bad = []
+    bad, sampled = [], {graph.values[v].caffe_name for v in random_values(graph)}
     for name, ref, out in zip(names, expected, got):
+        if name in sampled:  # each backend draws its own masks: equal only on average
+            print(f"{name}: random by design, not compared (computed from {random_note(random_layers(graph))})")
+            continue
         diff, ok = compare(out, ref, rtol=1e-4)  # shapes, then the reference README's tolerance
         print(f"{name}: max |pytorch - onnxruntime| = {diff:.3g}")
         if not ok:

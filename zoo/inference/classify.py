@@ -39,14 +39,8 @@ def cached_onnx(model: Model, input_shapes: Optional[Mapping[str, Sequence[int]]
 
 
 def _convert(graph: Any, target: Path, outputs: Sequence[str]) -> None:
-    from onnx import TensorProto, helper
-
-    from converters.onnx import DEFAULT_OPSET, build, write_model
-    model, arrays = build(graph, opset=DEFAULT_OPSET)
-    have = {o.name for o in model.graph.output}
-    model.graph.output.extend(helper.make_tensor_value_info(v, TensorProto.FLOAT, None)
-                              for v in outputs if v not in have)
-    write_model(model, arrays, target, shared_data="weights")  # sizes of one net share its weights
+    from converters import save_onnx
+    save_onnx(graph, target, outputs=outputs, shared_data="weights")  # sizes of one net share its weights
 
 
 def probabilities(scores: np.ndarray) -> tuple[np.ndarray, bool]:

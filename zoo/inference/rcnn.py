@@ -110,7 +110,7 @@ def decode(rois: np.ndarray, cls_prob: np.ndarray, bbox_pred: np.ndarray, scale:
 
 def region_feed(model: Any) -> Optional[Any]:
     """The net's proposal layer fed by an im_info input (``converters.verify.ProposalFeed``), or None."""
-    from converters.verify import proposal_feeds
+    from converters import proposal_feeds
     feeds = proposal_feeds(model.graph(model.card_input_shapes(), weights=False))
     return feeds[0] if len(feeds) == 1 else None
 
