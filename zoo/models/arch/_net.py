@@ -109,8 +109,8 @@ class Net:
     def prelu(self, name: str, bottom: str) -> str:
         return self.layer("PReLU", name, bottom, bottom)
 
-    def dropout(self, name: str, bottom: str, ratio: float, top: str | None = None) -> str:
-        return self.layer("Dropout", name, bottom, top or bottom, dropout_ratio=ratio)
+    def dropout(self, name: str, bottom: str, ratio: float, top: str | None = None, **param: Any) -> str:
+        return self.layer("Dropout", name, bottom, top or bottom, dropout_ratio=ratio, **param)
 
     def bn_scale(self, bn: str, scale: str, bottom: str, top: str | None = None, **batch_norm_param: Any) -> str:
         """BatchNorm then a Scale with bias (Caffe's split batch normalisation); the Scale works in place."""

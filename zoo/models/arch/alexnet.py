@@ -6,6 +6,8 @@ ungrouped convolutions and 512-wide fully connected layers.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from ._net import Net
 from ._registry import register
 
@@ -49,10 +51,10 @@ def _relu_pool_norm(n: Net, x: str, i: int, lrn_first: bool) -> str:
     return n.lrn(f"norm{i}", n.pool(f"pool{i}", x, "MAX", kernel_size=3, stride=2), **LRN)
 
 
-def fc6_fc7(n: Net, x: str, width: int) -> str:
-    """fc6 and fc7, each with its ReLU and dropout 0.5 (in place)."""
+def fc6_fc7(n: Net, x: str, width: int, **dropout: Any) -> str:
+    """fc6 and fc7, each with its ReLU and dropout 0.5 (in place; ``dropout``: more of its parameters)."""
     for i in (6, 7):
-        x = n.dropout(f"drop{i}", n.relu(f"relu{i}", n.ip(f"fc{i}", x, num_output=width)), 0.5)
+        x = n.dropout(f"drop{i}", n.relu(f"relu{i}", n.ip(f"fc{i}", x, num_output=width)), 0.5, **dropout)
     return x
 
 

@@ -1,8 +1,9 @@
 """SegNet (alexgkendall/SegNet-Tutorial, the fork's BN and mask Upsample): VGG-16's convolutions as an
 encoder, each pooling keeping its argmax mask; a mirrored decoder that unpools with those masks; an
 ArgMax class map. The road-scene web demo (12 classes), the SUN RGB-D indoor net (38 classes, with
-dropout between the deeper stages: an identity at deploy, kept to equal the published net) and
-SegNet-Basic on CamVid (four 7x7 stages after an LRN, 11 classes)."""
+dropout between the deeper stages: an identity at deploy, kept to equal the published net), Bayesian
+SegNet on CamVid (11 classes, the same dropout sampled at test) and SegNet-Basic on CamVid (four 7x7
+stages after an LRN, 11 classes)."""
 from __future__ import annotations
 
 from ._net import Net
@@ -34,27 +35,40 @@ def _pool(n: Net, stage: int, x: str) -> str:
 
 @register("segnet_driving_webdemo", classes=12)
 @register("segnet_sun", classes=38, dropout=(3, 4, 5))
-def segnet(classes: int, dropout: tuple[int, ...] = ()):
-    """``dropout``: the stages whose pooling output (encdrop<s>) and last decoder convolution
-    (decdrop<s>) go through Dropout 0.5."""
-    n = Net("VGG_ILSVRC_16_layer", (1, 3, 360, 480), input_layer="input")
+@register("bayesian_segnet_camvid", classes=11, dropout=(3, 4, 5), batch=4, classifier="camvid", bayesian=True)
+def segnet(classes: int, dropout: tuple[int, ...] = (), batch: int = 1, classifier: str = "conv1_1_D",
+           bayesian: bool = False):
+    """``dropout``: the stages whose pooling output and last decoder convolution go through Dropout 0.5
+    (encdrop<s> and decdrop<s>; Bayesian SegNet's pool<s>_drop and, before the next Upsample,
+    upsample<s-1>_drop, sampled at test too: Monte Carlo dropout over a batch of copies of the image).
+    ``classifier``: the last convolution, which the decoder's conv1_1_D is unless another name is
+    given (then conv1_1_D is a 64-wide convolution like the rest); Bayesian SegNet ends in a softmax
+    (its mean over the samples is the prediction), the others in an ArgMax class map."""
+    n = Net("VGG_ILSVRC_16_layer", (batch, 3, 360, 480), input_layer="input")
+    drop = {"sample_weights_test": True} if bayesian else {}
     x = "data"
     for stage, widths in ENCODER:
         for i, width in enumerate(widths, start=1):
             x = _conv_bn_relu(n, f"conv{stage}_{i}", x, width)
         x = _pool(n, stage, x)
         if stage in dropout:
-            x = n.dropout(f"encdrop{stage}", x, 0.5)
+            x = n.dropout(f"pool{stage}_drop" if bayesian else f"encdrop{stage}", x, 0.5, **drop)
     for stage, widths in DECODER:
         size = UPSAMPLE_SIZE.get(stage)
         sized = {"upsample_h": size[0], "upsample_w": size[1]} if size else {}
         x = n.layer("Upsample", f"upsample{stage}", [x, f"pool{stage}_mask"], f"pool{stage}_D", scale=2, **sized)
-        for k, width in zip(range(len(widths) + (stage == 1), 0, -1), widths):
+        if stage == 1 and classifier != "conv1_1_D":
+            widths = (64, 64)  # conv1_2_D and conv1_1_D, then the named classifier
+        last = 2 if stage == 1 else len(widths)  # stage 1 counts down from conv1_2_D whatever follows
+        for k, width in zip(range(last, 0, -1), widths):
             x = _conv_bn_relu(n, f"conv{stage}_{k}_D", x, width)
         if stage in dropout:
-            x = n.dropout(f"decdrop{stage}", x, 0.5)
-    x = n.conv("conv1_1_D", x, num_output=classes, pad=1, kernel_size=3)
-    n.layer("ArgMax", "argmax", x, axis=1)
+            x = n.dropout(f"upsample{stage - 1}_drop" if bayesian else f"decdrop{stage}", x, 0.5, **drop)
+    x = n.conv(classifier, x, num_output=classes, pad=1, kernel_size=3)
+    if bayesian:
+        n.layer("Softmax", "prob", x, engine="CAFFE")
+    else:
+        n.layer("ArgMax", "argmax", x, axis=1)
     return n.proto
 
 

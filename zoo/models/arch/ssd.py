@@ -124,3 +124,71 @@ def mobilenet_ssd(merged: bool):
                       nms_param={"nms_threshold": 0.45, "top_k": 100}, code_type="CENTER_SIZE", keep_top_k=100,
                       confidence_threshold=0.25)
     return n.proto
+
+
+# OpenCV's face detector: a pre-activation ResNet-10-like body at reduced widths. (block, 3x3 widths, stride of
+# its first conv, dilation of its second, the layers whose names end in "_h", the publisher's marks of layers
+# changed from the ResNet it started from); a block without bn1 adds its input itself, the others a 1x1 projection
+RES10_BLOCKS = (("layer_64_1", (32, 32), 1, 1, {"conv1", "bn2", "scale2", "conv2"}),
+                ("layer_128_1", (128, 128), 2, 1, {"bn1", "scale1", "conv1", "conv_expand"}),
+                ("layer_256_1", (256, 256), 2, 1, set()),
+                ("layer_512_1", (128, 256), 1, 2, {"conv1", "bn2", "scale2", "conv2", "conv_expand"}))
+# the extra layers conv6 .. conv9: (1x1 channels, 3x3 channels, 3x3 stride)
+RES10_EXTRAS = ((6, 128, 256, 2), (7, 64, 128, 2), (8, 64, 128, 1), (9, 64, 128, 1))
+# (source blob, head prefix, min size, max size, aspect ratios, step): SSD300's scales on a 300x300 image
+RES10_SOURCES = (("layer_256_1_bn1", "conv4_3_norm", 30.0, 60.0, (2.0,), 8.0),
+                 ("fc7", "fc7", 60.0, 111.0, (2.0, 3.0), 16.0),
+                 ("conv6_2_h", "conv6_2", 111.0, 162.0, (2.0, 3.0), 32.0),
+                 ("conv7_2_h", "conv7_2", 162.0, 213.0, (2.0, 3.0), 64.0),
+                 ("conv8_2_h", "conv8_2", 213.0, 264.0, (2.0,), 100.0),
+                 ("conv9_2_h", "conv9_2", 264.0, 315.0, (2.0,), 300.0))
+
+
+def _res10_block(n: Net, x: str, block: str, widths: tuple[int, int], stride: int, dilation: int,
+                 marked: set[str]) -> str:
+    """BN-Scale-ReLU (except the first block, whose input is already activated), 3x3, BN-Scale-ReLU,
+    3x3, plus the shortcut; the sum is left unactivated for the next block's bn1."""
+    def name(key: str) -> str:
+        return f"{block}_{key}{'_h' if key in marked else ''}"
+
+    def conv(key: str, bottom: str, out: int, k: int, stride: int, pad: int, **more: Any) -> str:
+        return n.conv(name(key), bottom, num_output=out, bias_term=False, pad=pad, kernel_size=k, stride=stride, **more)
+
+    first = block == RES10_BLOCKS[0][0]
+    if not first:
+        x = n.relu(f"{block}_relu1", n.bn_scale(name("bn1"), name("scale1"), x, name("bn1")))
+    y = conv("conv1", x, widths[0], 3, stride, 1)
+    y = n.relu(f"{block}_relu2", n.bn_scale(name("bn2"), name("scale2"), y))
+    more = {"dilation": dilation} if dilation != 1 else {}
+    y = conv("conv2", y, widths[1], 3, 1, dilation, **more)
+    shortcut = x if first else conv("conv_expand", x, widths[1], 1, stride, 0)
+    return n.eltwise(f"{block}_sum", [y, shortcut])
+
+
+@register("opencv_face_detector_res10")
+def res10_ssd():
+    """Its input passes a BatchNorm + Scale first (data_bn); fc7 is the body's output after a last
+    BN-Scale-ReLU, named as VGG-SSD's source it replaces (likewise conv4_3_norm)."""
+    n = Net("", (1, 3, 300, 300), input_layer="input")
+    x = n.bn_scale("data_bn", "data_scale", "data", "data_bn")
+    x = n.conv("conv1_h", x, num_output=32, pad=3, kernel_size=7, stride=2)
+    x = n.relu("conv1_relu", n.bn_scale("conv1_bn_h", "conv1_scale_h", x))
+    x = n.layer("Pooling", "conv1_pool", x, kernel_size=3, stride=2)  # pool left at its default, MAX
+    for block in RES10_BLOCKS:
+        x = _res10_block(n, x, *block)
+    x = n.layer("ReLU", "last_relu", n.bn_scale("last_bn_h", "last_scale_h", x), "fc7")
+    for b, squeeze, out, stride in RES10_EXTRAS:
+        x = n.relu(f"conv{b}_1_relu", n.conv(f"conv{b}_1_h", x, num_output=squeeze, pad=0, kernel_size=1, stride=1))
+        x = n.relu(f"conv{b}_2_relu", n.conv(f"conv{b}_2_h", x, num_output=out, pad=1, kernel_size=3, stride=stride))
+    heads = []
+    for source, prefix, low, high, ratios, step in RES10_SOURCES:
+        if prefix == "conv4_3_norm":
+            source = n.layer("Normalize", prefix, source, across_spatial=False, channel_shared=False)
+        boxes = 2 + 2 * len(ratios)  # min, max and each ratio flipped
+        heads.append(_head(n, source, prefix, boxes, 2, {"pad": 1, "kernel_size": 3, "stride": 1}, min_size=low,
+                           max_size=high, aspect_ratio=list(ratios), flip=True, clip=False, variance=VARIANCE,
+                           step=step, offset=0.5))
+    _detection_output(n, heads, 2, num_classes=2, share_location=True, background_label_id=0,
+                      nms_param={"nms_threshold": 0.45, "top_k": 400}, code_type="CENTER_SIZE", keep_top_k=200,
+                      confidence_threshold=0.01)
+    return n.proto
