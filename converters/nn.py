@@ -245,13 +245,21 @@ class Elementwise(CaffeModule):
 class Dropout(CaffeModule):
     """Caffe Dropout: in training a fresh mask keeps each value with probability 1 - ratio and scales it by
     1 / (1 - ratio); at test the identity, unless ``sample_at_test`` (caffe-segnet's sample_weights_test:
-    Monte Carlo dropout, the training mask at test too, drawn from torch's RNG so torch.manual_seed repeats it)."""
+    Monte Carlo dropout, the training mask at test too, drawn from torch's RNG so torch.manual_seed repeats it).
+    Without ``scale_train`` (caffe-fast-rcnn's scale_train: false) the kept values stay unscaled in training
+    and the test output is the input times ``test_scale`` (1 - ratio as Caffe's float computes it)."""
 
-    def __init__(self, ratio, sample_at_test=False):
-        super().__init__(ratio=ratio, sample_at_test=sample_at_test)
+    def __init__(self, ratio, sample_at_test=False, scale_train=True, test_scale=1.0):
+        super().__init__(ratio=ratio, sample_at_test=sample_at_test, scale_train=scale_train, test_scale=test_scale)
 
     def forward(self, x):
-        return F.dropout(x, self.args["ratio"], self.training or self.args["sample_at_test"])
+        a = self.args
+        sampling = self.training or a["sample_at_test"]
+        if a["scale_train"]:
+            return F.dropout(x, a["ratio"], sampling)
+        if sampling:
+            return x * (torch.rand_like(x) >= a["ratio"]).to(x.dtype)
+        return x * a["test_scale"]
 
 
 class BatchNorm(CaffeModule):

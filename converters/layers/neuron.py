@@ -147,32 +147,53 @@ def _note_sampling(layer) -> None:
         f"many passes"), stacklevel=4)
 
 
+def unscaled_test_factor(p) -> float | None:
+    """caffe-fast-rcnn's Dropout with scale_train false: the kept values are not scaled in training, so at test
+    the output is the input times 1 / scale_, scale_ = 1 / (1 - ratio) in float (dropout_layer.cpp); None
+    for Caffe's own Dropout (scale_train true: the identity at test)."""
+    if p.scale_train:
+        return None
+    scale = np.float32(1.0 / (1.0 - float(np.float32(p.dropout_ratio))))
+    return float(np.float32(1.0 / float(scale)))
+
+
 @register_layer("Dropout")
 class Dropout(LayerImpl):
     """caffe-segnet's dropout_layer.cpp at test with sample_weights_test: mask ~ Bernoulli(1 - ratio) per
-    value, top = bottom * mask / (1 - ratio), as in training; without it a copy."""
+    value, top = bottom * mask / (1 - ratio), as in training; without it a copy, or with caffe-fast-rcnn's
+    scale_train false the input times 1 - ratio."""
 
     def random_at_test(self, layer) -> bool:
         return layer.proto.dropout_param.sample_weights_test
 
     def torch(self, layer, graph):
+        p = layer.proto.dropout_param
         sample = self.random_at_test(layer)
         if sample:
             _note_sampling(layer)
-        return nn_specs().Dropout(layer.proto.dropout_param.dropout_ratio, sample), []
+        factor = unscaled_test_factor(p)
+        if factor is None:
+            return nn_specs().Dropout(p.dropout_ratio, sample), []
+        return nn_specs().Dropout(p.dropout_ratio, sample, scale_train=False, test_scale=factor), []
 
     def onnx(self, layer, ctx):
+        p = layer.proto.dropout_param
         if not self.random_at_test(layer):
-            ctx.node("Identity", [layer.bottoms[0]], [layer.tops[0]])
+            factor = unscaled_test_factor(p)
+            if factor is None:
+                ctx.node("Identity", [layer.bottoms[0]], [layer.tops[0]])
+            else:
+                ctx.node("Mul", [layer.bottoms[0], ctx.const(np.float32(factor), "test_scale")], [layer.tops[0]])
             return
         _note_sampling(layer)
         # Not ONNX Dropout with training_mode true: onnxruntime's EliminateDropout (basic optimisations, on by
         # default) removes any Dropout between two nodes whatever its training_mode, so the net would silently
         # be the identity. The mask from RandomUniformLike instead: kept where u < 1 - ratio, as Caffe's
-        # Bernoulli(1 - ratio); the kept values times 1/(1 - ratio).
-        ratio = float(layer.proto.dropout_param.dropout_ratio)
+        # Bernoulli(1 - ratio); the kept values times 1/(1 - ratio) (not scaled with scale_train false).
+        ratio = float(p.dropout_ratio)
         x = layer.bottoms[0]
         u = ctx.node("RandomUniformLike", [x], dtype=1, low=0.0, high=1.0)[0]
         keep = ctx.node("Cast", [ctx.node("Less", [u, ctx.const(np.float32(1 - ratio), "keep")])[0]], to=1)[0]
-        scaled = ctx.node("Mul", [keep, ctx.const(np.float32(1 / (1 - ratio)), "scale")])[0]
-        ctx.node("Mul", [x, scaled], [layer.tops[0]])
+        if p.scale_train:
+            keep = ctx.node("Mul", [keep, ctx.const(np.float32(1 / (1 - ratio)), "scale")])[0]
+        ctx.node("Mul", [x, keep], [layer.tops[0]])

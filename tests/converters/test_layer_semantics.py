@@ -204,3 +204,29 @@ def test_parameter_layer_output(tmp_path, backend):
         got = ort_session(to_onnx(graph)).run(None, {})[0]
     np.testing.assert_array_equal(got, w)
     assert not isinstance(got, torch.Tensor)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ratio", [0.5, 0.3])
+def test_dropout_without_train_scaling(tmp_path, backend, ratio):
+    """caffe-fast-rcnn's Dropout with scale_train false (py-faster-rcnn ZF's drop6/drop7): at test the input
+    times 1 / scale_, scale_ = 1 / (1 - ratio) in float; Caffe's own Dropout stays the identity."""
+    body = (f'layer {{ name: "d" type: "Dropout" bottom: "x" top: "y" dropout_param {{ dropout_ratio: {ratio} '
+            f'scale_train: false }} }}\nlayer {{ name: "c" type: "Dropout" bottom: "x" top: "z" '
+            f'dropout_param {{ dropout_ratio: {ratio} }} }}\n')
+    x = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
+    got = _run(_graph(tmp_path, {"x": (2, 5)}, body), {"x": x}, backend)
+    scale = np.float32(1.0 / (1.0 - float(np.float32(ratio))))
+    assert np.array_equal(got["y"], x * np.float32(1.0 / float(scale)))
+    assert np.array_equal(got["z"], x)
+
+
+def test_dropout_without_train_scaling_trains_unscaled(tmp_path):
+    """In training (zoo train) the kept values pass unscaled and the others are 0."""
+    body = 'layer { name: "d" type: "Dropout" bottom: "x" top: "y" dropout_param { scale_train: false } }\n'
+    module = to_pytorch(_graph(tmp_path, {"x": (64, 64)}, body)).train()
+    x = torch.rand(64, 64) + 1
+    torch.manual_seed(0)
+    y = module(x)
+    kept = y != 0
+    assert torch.equal(y[kept], x[kept]) and 0.4 < kept.float().mean() < 0.6

@@ -417,8 +417,6 @@ def test_faster_rcnn_zf_converts_and_both_backends_agree():
     _both_backends_agree(_seeded_faster_rcnn(narrow=1, net=arch.build("faster_rcnn_zf")))
 
 
-@pytest.mark.xfail(strict=True, reason="the converters ignore Dropout's scale_train: false (py-faster-rcnn's fork), "
-                                       "which faster_rcnn_zf's drop6 and drop7 set")
 @pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning")
 def test_dropout_without_train_scaling_scales_at_test_as_caffe_fast_rcnn():
     """caffe-fast-rcnn's DropoutLayer with scale_train false keeps the kept units unscaled in TRAIN, so in TEST
