@@ -155,6 +155,24 @@ def _verify_outputs(graph, model, arrays, dynamic_batch: bool, folder: str, chil
         print(f"{name}: max |pytorch - onnxruntime| = {diff:.3g}")
         if not ok:
             bad.append(name)
+    if bad and _explained_by_pooling_ties(graph, inputs):
+        return
     if bad:
         raise CommandError(f"PyTorch and onnxruntime disagree on {', '.join(bad)}; run `zoo verify` to find "
                            f"the first layer where they part")
+
+
+def _explained_by_pooling_ties(graph, inputs) -> bool:
+    """A net with max-pooling masks (SegNet, ENet) whose outputs disagree: compare every blob in this
+    process (``converters.verify``, torch imported only now). True, with its lines printed, when the only
+    difference is a near-tie in a mask (two window values equal within float32 rounding, which the
+    backends' own rounding broke differently) and every blob before it agrees."""
+    if not any(layer.type == "Pooling" and len(layer.tops) == 2 for layer in graph.layers):
+        return False
+    from converters import verify
+    report = verify(graph, inputs)
+    if not report.ok or not report.ties:
+        return False
+    for line in report.lines():
+        print(line)
+    return True
