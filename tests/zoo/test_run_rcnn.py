@@ -237,6 +237,17 @@ def test_zoo_run_of_a_faster_rcnn_prototxt_without_a_card_is_one_line(narrowed, 
                                             "[class probabilities, box deltas]\n")
 
 
+@pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
+def test_zoo_run_of_an_image_too_thin_to_rescale_names_the_image(narrowed, tmp_path, capsys):
+    from PIL import Image
+    card, weights, _, _ = narrowed
+    thin = tmp_path / "thin.png"  # 2000 wide: scale 0.5 (its longer side to 1000), its one row to 0 rows
+    Image.fromarray(np.zeros((1, 2000, 3), np.uint8)).save(thin)
+    assert cli.main(["run", "card", str(thin), "--card", str(card), "--weights", str(weights)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"zoo: error: {thin}: a 2000x1 image rescales to 1000x0 pixels") and err.count("\n") == 1
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
 def test_zoo_run_faster_rcnn_vgg16_at_600(tmp_path, monkeypatch, capsys):

@@ -131,6 +131,10 @@ def detect(model: Any, feed: Any, images: Sequence[Path], labels: Sequence[str],
     for path in images:
         image = decode_image(path, transform.color, str(path))
         data, info, scale = prepare(image, transform, card.input.resize)
+        if 0 in data.shape[2:]:  # cv2.resize refuses it too (the publisher's script fails there)
+            raise CaffeError(f"{path}: a {image.shape[2]}x{image.shape[1]} image rescales to "
+                             f"{data.shape[3]}x{data.shape[2]} pixels (longer side at most {MAX_SIZE}): too thin "
+                             f"to run; crop it first")
         if data.shape not in sessions:
             shapes = {feed.image: data.shape, feed.im_info: info.shape}
             sessions[data.shape] = session(cached_onnx(model, shapes, outputs=[feed.rois]), device=device, quiet=False)
