@@ -248,6 +248,18 @@ def test_zoo_run_of_an_image_too_thin_to_rescale_names_the_image(narrowed, tmp_p
     assert err.startswith(f"zoo: error: {thin}: a 2000x1 image rescales to 1000x0 pixels") and err.count("\n") == 1
 
 
+@pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
+def test_a_card_whose_outputs_are_not_the_nets_is_one_line(narrowed, capsys):
+    card, weights, _, image = narrowed
+    fields = json.loads(card.read_text())
+    fields["outputs"] = ["cls_prob", "bbox_deltas"]
+    card.write_text(json.dumps(fields))
+    assert cli.main(["run", "card", str(image), "--card", str(card), "--weights", str(weights)]) == 1
+    err = capsys.readouterr().err
+    assert err.endswith(f"zoo: error: {card}: the card's outputs 'bbox_deltas' are not outputs of its net (it has "
+                        f"'bbox_pred', 'cls_prob'); name the class probabilities and the box deltas\n"), err
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
 def test_zoo_run_faster_rcnn_vgg16_at_600(tmp_path, monkeypatch, capsys):

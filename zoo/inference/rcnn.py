@@ -141,6 +141,11 @@ def detect(model: Any, feed: Any, images: Sequence[Path], labels: Sequence[str],
         sess = sessions[data.shape]
         names = [i.name for i in sess.get_inputs()]
         out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, dict(zip(names, (data, info))))))
+        missing = [n for n in card.outputs if n not in out]
+        if missing:
+            raise CaffeError(f"{card.path}: the card's outputs {', '.join(map(repr, missing))} are not outputs of "
+                             f"its net (it has {', '.join(map(repr, sorted(set(out) - {feed.rois})))}); name "
+                             f"the class probabilities and the box deltas")
         size = (image.shape[2], image.shape[1])
         rois, probs, deltas = (out[n] for n in (feed.rois, *card.outputs))
         results.append({"image": str(path), "size": list(size),
