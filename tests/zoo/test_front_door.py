@@ -263,3 +263,18 @@ def test_zoo_run_on_a_prototxt_without_weights_is_one_line(tmp_path, capsys):
     assert cli.main(["run", str(net), str(image)]) == 1
     assert capsys.readouterr().err.strip().endswith("running it needs the trained weights: pass --weights "
                                                     "MODEL.caffemodel")
+
+
+def test_zoo_run_says_every_time_that_a_monte_carlo_dropout_net_gives_one_random_pass(tmp_path, monkeypatch, capsys):
+    """Bayesian SegNet's outputs are one sample of many its publisher averages: said on every run, not only
+    by the conversion's warning (the first run; later ones use the cached model)."""
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "cache"))
+    net = tmp_path / "mc.prototxt"
+    net.write_text('name: "mc"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+                   'layer { name: "drop" type: "Dropout" bottom: "data" top: "drop" '
+                   'dropout_param { dropout_ratio: 0.5 sample_weights_test: true } }\n'
+                   'layer { name: "prob" type: "Softmax" bottom: "drop" top: "prob" }\n')
+    image = _photo(tmp_path / "a.png", (8, 8))
+    for _ in range(2):
+        assert cli.main(["run", str(net), str(image)]) == 0
+        assert "the results are one random pass" in capsys.readouterr().err
