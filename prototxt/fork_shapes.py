@@ -281,6 +281,7 @@ PROPOSAL = ("rpn.proposal_layer", "ProposalLayer")
 # Layers that pass their bottom through at test time (the param_str must say phase TEST where it has one).
 TEST_IDENTITY = {("spatial_dropout", "SpatialDropoutLayer")}
 _PARAM_ITEM = re.compile(r"""\s*['"]?(\w+)['"]?\s*:\s*([^,\[\(]+|\[[^\]]*\]|\([^\)]*\))\s*(?:,|$)""")
+MAX_FEAT_STRIDE = 1 << 16  # int64-safe anchor shifts whatever the map size; py-faster-rcnn nets use 16
 PROPOSAL_TEST = dict(pre_nms_top_n=6000, post_nms_top_n=300, nms_thresh=0.7, min_size=16)  # py-faster-rcnn cfg.TEST
 
 
@@ -330,10 +331,27 @@ def proposal_args(proto) -> dict:
         raise ValueError(f"layer '{proto.name}' (rpn.proposal_layer.ProposalLayer): param_str needs 'feat_stride' and "
                          f"may give 'scales', 'ratios'; " + (f"unknown: {', '.join(sorted(unknown))}" if unknown
                                                              else "no 'feat_stride'"))
-    scales = params.get("scales", (8, 16, 32))
-    ratios = params.get("ratios", (0.5, 1, 2))
-    anchors = generate_anchors(16, np.asarray(ratios, dtype=np.float64), np.asarray(scales, dtype=np.float64))
-    return dict(anchors=anchors.tolist(), feat_stride=int(params["feat_stride"]), **PROPOSAL_TEST)
+    scales = _numbers(proto, "scales", params.get("scales", (8, 16, 32)))
+    ratios = _numbers(proto, "ratios", params.get("ratios", (0.5, 1, 2)))
+    stride = params["feat_stride"]
+    if isinstance(stride, (str, list, tuple)) or not 1 <= _numbers(proto, "feat_stride", stride)[0] <= MAX_FEAT_STRIDE:
+        raise ValueError(f"layer '{proto.name}': param_str's 'feat_stride' must be a number from 1 to "
+                         f"{MAX_FEAT_STRIDE} (the image pixels per feature map cell), got {stride!r}")
+    anchors = generate_anchors(16, ratios, scales)
+    return dict(anchors=anchors.tolist(), feat_stride=int(stride), **PROPOSAL_TEST)
+
+
+def _numbers(proto, key: str, value) -> np.ndarray:
+    """A param_str value (a number or a list of them, from a stranger's file) as finite float64s, or a
+    ValueError naming it: a tuple, a dict or 1e999 must not reach int() or float() unchecked."""
+    try:
+        out = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError, OverflowError):
+        out = None
+    if out is None or not np.all(np.isfinite(out)):
+        raise ValueError(f"layer '{proto.name}': param_str's '{key}' must be a finite number or a list of them, "
+                         f"got {value!r}"[:300])
+    return out
 
 
 def generate_anchors(base: int, ratios: np.ndarray, scales: np.ndarray) -> np.ndarray:

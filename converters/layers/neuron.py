@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 
+from prototxt.errors import CaffeError
+
 from ..registry import LayerImpl, register_layer
 from ._common import broadcast_shape, f32, shape_of, nn_specs
 
@@ -147,6 +149,19 @@ def _note_sampling(layer) -> None:
         f"many passes"), stacklevel=4)
 
 
+def _checked_ratio(layer) -> float:
+    """The dropout_ratio, refused in one line where no output follows from it: outside [0, 1] (torch's
+    dropout raises), or 1 where Caffe divides by 1 - ratio (sampling at test, or scale_train false)."""
+    p = layer.proto.dropout_param
+    ratio = float(p.dropout_ratio)
+    divides = p.sample_weights_test or not p.scale_train
+    if not (0.0 <= ratio < 1.0 or (ratio == 1.0 and not divides)):
+        raise CaffeError(f"layer '{layer.name}' (Dropout): dropout_ratio {ratio:g} must be "
+                         + ("at least 0 and below 1 (with sample_weights_test or scale_train false, Caffe scales "
+                            "by 1 / (1 - ratio))" if divides else "from 0 to 1"))
+    return ratio
+
+
 def unscaled_test_factor(p) -> float | None:
     """caffe-fast-rcnn's Dropout with scale_train false: the kept values are not scaled in training, so at test
     the output is the input times 1 / scale_, scale_ = 1 / (1 - ratio) in float (dropout_layer.cpp); None
@@ -167,6 +182,7 @@ class Dropout(LayerImpl):
         return layer.proto.dropout_param.sample_weights_test
 
     def torch(self, layer, graph):
+        _checked_ratio(layer)
         p = layer.proto.dropout_param
         sample = self.random_at_test(layer)
         if sample:
@@ -177,6 +193,7 @@ class Dropout(LayerImpl):
         return nn_specs().Dropout(p.dropout_ratio, sample, scale_train=False, test_scale=factor), []
 
     def onnx(self, layer, ctx):
+        ratio = _checked_ratio(layer)
         p = layer.proto.dropout_param
         if not self.random_at_test(layer):
             factor = unscaled_test_factor(p)
@@ -190,7 +207,6 @@ class Dropout(LayerImpl):
         # default) removes any Dropout between two nodes whatever its training_mode, so the net would silently
         # be the identity. The mask from RandomUniformLike instead: kept where u < 1 - ratio, as Caffe's
         # Bernoulli(1 - ratio); the kept values times 1/(1 - ratio) (not scaled with scale_train false).
-        ratio = float(p.dropout_ratio)
         x = layer.bottoms[0]
         u = ctx.node("RandomUniformLike", [x], dtype=1, low=0.0, high=1.0)[0]
         keep = ctx.node("Cast", [ctx.node("Less", [u, ctx.const(np.float32(1 - ratio), "keep")])[0]], to=1)[0]

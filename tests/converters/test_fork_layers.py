@@ -548,6 +548,15 @@ def test_enet_spatial_dropout_is_identity_at_test(tmp_path):
     ('layer { name: "prop2" type: "Python" bottom: "x" bottom: "x" bottom: "x" top: "r" python_param { '
      'module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "\'feat_stride\': 16" } }',
      ["'prop2'", "takes one image", "a batch of 2"]),
+    ('layer { name: "prop3" type: "Python" bottom: "x" bottom: "x" bottom: "x" top: "r" python_param { '
+     'module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "\'feat_stride\': (16, 16)" } }',
+     ["'prop3'", "'feat_stride' must be a number from 1 to"]),
+    ('layer { name: "prop4" type: "Python" bottom: "x" bottom: "x" bottom: "x" top: "r" python_param { '
+     'module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "\'feat_stride\': 1e999" } }',
+     ["'prop4'", "'feat_stride' must be a finite number"]),
+    ('layer { name: "prop5" type: "Python" bottom: "x" bottom: "x" bottom: "x" top: "r" python_param { '
+     'module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "\'feat_stride\': 16, \'scales\': {8: 1}" } }',
+     ["'prop5'", "'scales' must be a finite number or a list"]),
 ])
 def test_unsupported_fork_parameter_is_one_line(tmp_path, layer, words):
     path = _net(tmp_path, 'input: "x" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n' + layer + "\n")

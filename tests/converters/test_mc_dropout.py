@@ -113,3 +113,24 @@ def test_verify_leaves_the_sampled_blobs_uncompared(tmp_path):
 def test_bayesian_segnet_samples_in_its_six_dropout_layers(shared):
     graph = load_net(shared / "corpus" / "bayesian_segnet" / "bayesian_segnet_inference.prototxt")
     assert random_layers(graph) == ["encdrop3", "encdrop4", "encdrop5", "decdrop5", "decdrop4", "decdrop3"]
+
+
+@pytest.mark.parametrize("ratio, flag, words", [
+    (1.0, "sample_weights_test: true", "below 1"),      # Caffe's scale 1 / (1 - ratio): inf
+    (1.0, "scale_train: false", "below 1"),
+    (float("nan"), "", "from 0 to 1"),
+    (1.5, "", "from 0 to 1"),
+])
+def test_a_ratio_without_an_output_is_one_line_in_both_backends(tmp_path, ratio, flag, words):
+    from prototxt import CaffeError
+    path = tmp_path / "net.prototxt"
+    path.write_text('name: "d"\ninput: "data"\ninput_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+                    'layer { name: "drop" type: "Dropout" bottom: "data" top: "out"\n'
+                    f'  dropout_param {{ dropout_ratio: {ratio} {flag} }} }}\n')
+    graph = load_net(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MonteCarloDropoutNote)
+        for convert in (to_onnx, to_pytorch):
+            with pytest.raises(CaffeError) as info:
+                convert(graph)
+            assert "layer 'drop'" in str(info.value) and words in str(info.value) and "\n" not in str(info.value)

@@ -96,3 +96,16 @@ def test_zoo_convert_accepts_outputs_apart_only_by_a_near_tie(tmp_path, monkeypa
     assert _explained_by_pooling_ties(_graph(tmp_path), [_data(tie=1e-6)])
     assert "'mask' (1 of 8)" in capsys.readouterr().out
     assert not _explained_by_pooling_ties(_graph(tmp_path), [_data(tie=0.5)])
+
+
+def test_against_a_reference_what_follows_a_near_tie_must_agree_with_one_backend(tmp_path, monkeypatch):
+    """Caffe broke the tie as one backend did: a reference agreeing with neither (the conversion wrong after
+    the tie) is a divergence, not a blob left uncompared."""
+    _onnx_picks_the_other(monkeypatch)
+    graph, x = _graph(tmp_path), _data(tie=1e-6)
+    caffe = verify_module.run_torch_values(graph, [x])[graph.final_value("out")]
+    report = verify(graph, [x], blobs={"out": caffe * 1.5})
+    assert not report.ok and report.first_divergence.blob == "out", report.lines()
+    report = verify(graph, [x], blobs={"out": caffe})
+    assert report.ok and report.ties == {"mask": (1, 8)}, report.lines()
+    assert any("agrees with the reference in one of them" in line for line in report.lines())

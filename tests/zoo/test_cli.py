@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -135,3 +136,31 @@ def test_list_of_built_in_cards(capsys, monkeypatch):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "bvlc_googlenet" in out and "53.5 MB" in out
+
+
+def test_an_entry_point_plugins_layer_type_is_shaped_by_zoo_info(tmp_path):
+    """A package's 'caffezoo.layers' entry point (README: "A package can ship such modules") registers its
+    type's shape rule on import: `zoo info` of a net using it (every command resolves through one place) sees it."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+    (tmp_path / "twice_plugin.py").write_text(
+        "import numpy as np\nimport torch\nfrom converters import LayerImpl, register_layer\n"
+        "from prototxt.shapes import ShapeResult\n\n"
+        "class Twice(torch.nn.Module):\n    def forward(self, x):\n        return 2 * x\n\n"
+        "@register_layer('Twice', shape=lambda layer, bottoms: ShapeResult([bottoms[0]]))\n"
+        "class TwiceLayer(LayerImpl):\n    def torch(self, layer, graph):\n        return Twice(), []\n\n"
+        "    def onnx(self, layer, ctx):\n"
+        "        ctx.node('Mul', [layer.bottoms[0], ctx.const(np.float32(2))], [layer.tops[0]])\n")
+    info = tmp_path / "twice_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: twice-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[caffezoo.layers]\ntwice = twice_plugin\n")
+    net = tmp_path / "net.prototxt"
+    net.write_text('name: "n"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 4 dim: 5 }\n'
+                   'layer { name: "t" type: "Twice" bottom: "data" top: "out" }\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    shown = subprocess.run([sys.executable, "-m", "zoo", "info", str(net)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "1x3x4x5" in shown.stdout, shown.stderr

@@ -228,6 +228,33 @@ def test_the_cached_onnx_file_follows_the_weights(tmp_path, monkeypatch):
     assert cached_onnx(resolve(str(net), weights=tmp_path / "w1.caffemodel")) == paths[0]
 
 
+def test_a_cached_onnx_file_whose_shared_weights_were_deleted_is_converted_again(tmp_path, monkeypatch):
+    """The cached models keep their large weights in the cache's onnx/weights folder (shared_data); deleting
+    that folder (where the cache's size is) must not leave a model onnxruntime refuses."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from prototxt import build_graph, fill_missing, read_net, write_caffemodel
+    from zoo.hub.resolve import resolve
+    from zoo.inference.classify import cached_onnx
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "cache"))
+    net = tmp_path / "wide.prototxt"  # 768 x 400 float32 weights: 1.2 MB, over write_model's 1 MB
+    net.write_text('name: "wide"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 16 dim: 16 }\n'
+                   'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+                   'inner_product_param { num_output: 400 weight_filler { type: "xavier" } } }\n')
+    graph = build_graph(read_net(net)[0])
+    fill_missing(graph, seed=1)
+    weights = tmp_path / "w.caffemodel"
+    write_caffemodel(weights, graph.name, [(l.proto.SerializeToString(), l.blobs) for l in graph.layers])
+    path = cached_onnx(resolve(str(net), weights=weights))
+    shared = Path(path).parent / "weights"
+    assert len(list(shared.iterdir())) == 1
+    shutil.rmtree(shared)
+    assert cached_onnx(resolve(str(net), weights=weights)) == path
+    ort.InferenceSession(path)  # its weights are back
+
+
 def test_zoo_run_on_a_prototxt_without_weights_is_one_line(tmp_path, capsys):
     net = tmp_path / "net.prototxt"
     net.write_text('name: "n"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
@@ -236,3 +263,18 @@ def test_zoo_run_on_a_prototxt_without_weights_is_one_line(tmp_path, capsys):
     assert cli.main(["run", str(net), str(image)]) == 1
     assert capsys.readouterr().err.strip().endswith("running it needs the trained weights: pass --weights "
                                                     "MODEL.caffemodel")
+
+
+def test_zoo_run_says_every_time_that_a_monte_carlo_dropout_net_gives_one_random_pass(tmp_path, monkeypatch, capsys):
+    """Bayesian SegNet's outputs are one sample of many its publisher averages: said on every run, not only
+    by the conversion's warning (the first run; later ones use the cached model)."""
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "cache"))
+    net = tmp_path / "mc.prototxt"
+    net.write_text('name: "mc"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+                   'layer { name: "drop" type: "Dropout" bottom: "data" top: "drop" '
+                   'dropout_param { dropout_ratio: 0.5 sample_weights_test: true } }\n'
+                   'layer { name: "prob" type: "Softmax" bottom: "drop" top: "prob" }\n')
+    image = _photo(tmp_path / "a.png", (8, 8))
+    for _ in range(2):
+        assert cli.main(["run", str(net), str(image)]) == 0
+        assert "the results are one random pass" in capsys.readouterr().err

@@ -237,6 +237,63 @@ def test_zoo_run_of_a_faster_rcnn_prototxt_without_a_card_is_one_line(narrowed, 
                                             "[class probabilities, box deltas]\n")
 
 
+@pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
+def test_zoo_run_of_an_image_too_thin_to_rescale_names_the_image(narrowed, tmp_path, capsys):
+    from PIL import Image
+    card, weights, _, _ = narrowed
+    thin = tmp_path / "thin.png"  # 2000 wide: scale 0.5 (its longer side to 1000), its one row to 0 rows
+    Image.fromarray(np.zeros((1, 2000, 3), np.uint8)).save(thin)
+    assert cli.main(["run", "card", str(thin), "--card", str(card), "--weights", str(weights)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"zoo: error: {thin}: a 2000x1 image rescales to 1000x0 pixels") and err.count("\n") == 1
+
+
+@pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
+def test_a_card_whose_outputs_are_not_the_nets_is_one_line(narrowed, capsys):
+    card, weights, _, image = narrowed
+    fields = json.loads(card.read_text())
+    fields["outputs"] = ["cls_prob", "bbox_deltas"]
+    card.write_text(json.dumps(fields))
+    assert cli.main(["run", "card", str(image), "--card", str(card), "--weights", str(weights)]) == 1
+    err = capsys.readouterr().err
+    assert err.endswith(f"zoo: error: {card}: the card's outputs 'bbox_deltas' are not outputs of its net (it has "
+                        f"'bbox_pred', 'cls_prob'); name the class probabilities and the box deltas\n"), err
+
+
+@pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
+def test_a_folder_of_many_image_sizes_keeps_few_sessions_alive(narrowed, tmp_path, monkeypatch, capsys):
+    """One session per image size, each with its own copy of the weights (VGG16's: 0.5 GB): a folder of
+    photos of many sizes must not hold them all."""
+    import weakref
+
+    from PIL import Image
+
+    from zoo.inference import runtime
+    card, weights, _, _ = narrowed
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, (w, h) in enumerate([(60, 50), (50, 60), (70, 50), (60, 50), (40, 60)]):
+        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    real, live, most = runtime.session, weakref.WeakSet(), [0]
+
+    class Tracked:
+        def __init__(self, sess):
+            self.sess = sess
+
+        def __getattr__(self, name):
+            return getattr(self.sess, name)
+
+    def tracked(*args, **kwargs):
+        out = Tracked(real(*args, **kwargs))
+        live.add(out)
+        most[0] = max(most[0], len(live))
+        return out
+    monkeypatch.setattr(runtime, "session", tracked)
+    assert cli.main(["run", "card", str(folder), "--card", str(card), "--weights", str(weights), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 5
+    assert most[0] == 2  # of 4 sizes
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::converters.layers.rcnn.PythonLayerNote")
 def test_zoo_run_faster_rcnn_vgg16_at_600(tmp_path, monkeypatch, capsys):

@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from zoo.inference.rcnn import region_feed
         model = _resolve(args)
+        if any(l.type == "Dropout" and l.dropout_param.sample_weights_test for l in model.net.layer):
+            note("this net samples at test (Dropout with sample_weights_test: Monte Carlo dropout): the results are "
+                 "one random pass; its publisher averages many (zoo.load gives the net to do so)")
         feed = region_feed(model)
         if feed is not None:  # Faster R-CNN: its own input (im_info) and decoding
             return _regions(args, model, feed, images)

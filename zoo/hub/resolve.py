@@ -89,6 +89,9 @@ def resolve(model: Optional[str] = None, *, card: Optional[os.PathLike | str] = 
     """The net and weights ``model`` names (a zoo name, a user card .json or a deploy .prototxt), or those
     of the user card file ``card``. ``weights`` given must exist; a card's weights otherwise come from the
     cache, downloaded once when ``fetch`` (else their cached path, which may not exist yet)."""
+    # The layer plugins of the 'caffezoo.layers' entry points load on this import (numpy only, no torch):
+    # their shape rules must hold before any command shapes the net (prototxt knows only the built-in types).
+    import converters  # noqa: F401
     if weights is not None:
         weights = os.fspath(weights)
         if not os.path.exists(weights):

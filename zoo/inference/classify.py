@@ -31,11 +31,26 @@ def cached_onnx(model: Model, input_shapes: Optional[Mapping[str, Sequence[int]]
         text += f":{sorted((k, tuple(v)) for k, v in (input_shapes or {}).items())}:{list(outputs)}"
     key = hashlib.sha1(text.encode()).hexdigest()[:12]
     target = cache_dir() / "onnx" / f"{name}-{key}.onnx"
-    if not target.exists():
+    if not (target.exists() and _complete(target)):
         target.parent.mkdir(parents=True, exist_ok=True)
         _convert(model.graph(input_shapes if input_shapes is not None else model.card_input_shapes()), target,
                  outputs)
     return str(target)
+
+
+def _complete(target: Path) -> bool:
+    """Whether every external data file the cached model names is in the cache at its full length: the
+    shared onnx/weights folder is where the cache's size is, and a user may delete it; then the model is
+    converted again (onnxruntime would refuse it: a bug-report line)."""
+    import onnx
+    model = onnx.load(str(target), load_external_data=False)
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in t.external_data}
+            path = target.parent / info.get("location", "")
+            if not path.is_file() or path.stat().st_size < int(info.get("offset", 0)) + int(info.get("length", 0)):
+                return False
+    return True
 
 
 def _convert(graph: Any, target: Path, outputs: Sequence[str]) -> None:

@@ -18,6 +18,7 @@ from zoo.inference.transform import Transform
 MAX_SIZE = 1000     # cfg.TEST.MAX_SIZE: the longer side's limit (the card gives the shorter side)
 NMS_THRESH = 0.3    # tools/demo.py's NMS_THRESH (cfg.TEST.NMS)
 CONF_THRESH = 0.8   # tools/demo.py's CONF_THRESH: the default threshold of `zoo run` for these nets
+LIVE_SESSIONS = 2   # the sessions kept for the latest image sizes: a folder of photos has many sizes
 
 
 def image_scale(height: int, width: int, shorter: int, max_size: int = MAX_SIZE) -> float:
@@ -131,12 +132,23 @@ def detect(model: Any, feed: Any, images: Sequence[Path], labels: Sequence[str],
     for path in images:
         image = decode_image(path, transform.color, str(path))
         data, info, scale = prepare(image, transform, card.input.resize)
+        if 0 in data.shape[2:]:  # cv2.resize refuses it too (the publisher's script fails there)
+            raise CaffeError(f"{path}: a {image.shape[2]}x{image.shape[1]} image rescales to "
+                             f"{data.shape[3]}x{data.shape[2]} pixels (longer side at most {MAX_SIZE}): too thin "
+                             f"to run; crop it first")
         if data.shape not in sessions:
+            if len(sessions) >= LIVE_SESSIONS:  # each holds its own copy of the weights (VGG16's: 0.5 GB)
+                del sessions[next(iter(sessions))]
             shapes = {feed.image: data.shape, feed.im_info: info.shape}
             sessions[data.shape] = session(cached_onnx(model, shapes, outputs=[feed.rois]), device=device, quiet=False)
-        sess = sessions[data.shape]
+        sess = sessions[data.shape] = sessions.pop(data.shape)  # the most recently used last
         names = [i.name for i in sess.get_inputs()]
         out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, dict(zip(names, (data, info))))))
+        missing = [n for n in card.outputs if n not in out]
+        if missing:
+            raise CaffeError(f"{card.path}: the card's outputs {', '.join(map(repr, missing))} are not outputs of "
+                             f"its net (it has {', '.join(map(repr, sorted(set(out) - {feed.rois})))}); name "
+                             f"the class probabilities and the box deltas")
         size = (image.shape[2], image.shape[1])
         rois, probs, deltas = (out[n] for n in (feed.rois, *card.outputs))
         results.append({"image": str(path), "size": list(size),
