@@ -298,7 +298,7 @@ def test_info_by_model_name_shows_the_built_in_net(capsys):
                                                                              "im_info": (1, 3)}
     assert main(["info", "faster_rcnn_vgg1"]) == 1
     assert capsys.readouterr().err == ("zoo: error: unknown model 'faster_rcnn_vgg1'; did you mean faster_rcnn_vgg16, "
-                                       "faster_rcnn_zf? run `zoo list` to see all, or pass --card FILE\n")
+                                       "faster_rcnn_zf? run `zoo list` to see all, or give a user card (.json)\n")
 
 
 @pytest.mark.parametrize("name_and_path", shared_params(CORPUS_WEIGHTS, ids=[n for n, _ in CORPUS_WEIGHTS]))

@@ -44,7 +44,7 @@ def get(name: str) -> ModelCard:
         return cards[name]
     close = difflib.get_close_matches(name, list(cards), n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise UnknownModelError(f"unknown model {name!r}; {hint}run `zoo list` to see all, or pass --card FILE")
+    raise UnknownModelError(f"unknown model {name!r}; {hint}run `zoo list` to see all, or give a user card (.json)")
 
 
 def load_user_card(path: str | Path) -> ModelCard:
