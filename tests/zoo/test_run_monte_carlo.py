@@ -16,7 +16,7 @@ from converters.layers.neuron import MonteCarloDropoutNote
 from prototxt import load_net
 from tests.converters.common import ort_session
 from zoo import cli
-from zoo.inference.sampling import Sampler, class_probabilities
+from zoo.inference.sampling import CHUNK, Sampler, class_probabilities
 
 SHAPE = (3, 4, 4)
 
@@ -66,17 +66,20 @@ def test_the_mean_of_many_passes_approaches_the_exact_expectation(tmp_path):
 
 @pytest.mark.parametrize("dynamic", [True, False])
 def test_the_mean_is_that_of_the_same_draws_run_by_hand(tmp_path, dynamic):
-    """A batch of N copies (a model taking any batch) or N runs (a fixed batch of 1): the same numbers as
-    the same passes of a fresh session of the model (an onnxruntime session repeats its draws from the start)."""
+    """Batches of copies, CHUNK at most (a model taking any batch), or N runs (a fixed batch of 1): the same
+    numbers as the same passes of a fresh session of the model (an onnxruntime session repeats its draws from
+    the start)."""
     x = np.random.default_rng(1).uniform(-100, 100, SHAPE).astype(np.float32)
-    mean, spread, _ = Sampler(_session(tmp_path, dynamic), 6, "out").mean(x)
+    n = CHUNK + 4
+    mean, spread, _ = Sampler(_session(tmp_path, dynamic), n, "out").mean(x)
     by_hand = _session(tmp_path, dynamic)
-    feeds = [np.repeat(x[None], 6, axis=0)] if dynamic else [x[None]] * 6
+    feeds = [np.repeat(x[None], k, axis=0) for k in (CHUNK, 4)] if dynamic else [x[None]] * n
     draws = np.concatenate([by_hand.run(None, {"data": f})[0] for f in feeds]).astype(np.float64)
     np.testing.assert_allclose(mean, draws.mean(axis=0), rtol=1e-12)
-    assert len({d.tobytes() for d in draws}) == 6  # six different passes, not one repeated
+    assert len({d.tobytes() for d in draws}) == n  # different passes, not one repeated
     best = np.argmax(draws.mean(axis=0), axis=0)
     assert spread["uncertainty"] == pytest.approx(np.take_along_axis(draws.var(axis=0), best[None], 0).mean())
+    assert spread["mean_class_variance"] == pytest.approx(draws.var(axis=0).mean())
 
 
 def test_scores_not_probabilities_are_softmaxed_before_averaging():

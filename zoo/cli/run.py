@@ -43,10 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "mask blended over it, to OUT (.png/.jpg; a folder of OUT/NAME.png for several images)")
     p.add_argument("--samples", metavar="N", type=int, default=None,
                    help="nets that sample at test (Monte Carlo dropout, e.g. bayesian_segnet_camvid): average the "
-                        "class probabilities of N stochastic passes per image (a batch of N copies) and give their "
-                        "variance as the uncertainty in --json (default: the batch of the net's prototxt, the "
-                        "number of samples its publisher's script takes, 4 for Bayesian SegNet; an .onnx file's "
-                        "fixed batch, else 1); ignored with a note on other nets")
+                        "class probabilities of N stochastic passes per image (batches of copies, 16 at most a run) "
+                        "and give their variance as the uncertainty in --json (default: the batch of the net's "
+                        "prototxt, the number of samples its publisher's script takes, 4 for Bayesian SegNet; an "
+                        ".onnx file's fixed batch, else 1); ignored with a note on other nets")
 
 
 def _resolve(args: argparse.Namespace):

@@ -6,13 +6,14 @@ as the prediction and their variance as the uncertainty; this module does the sa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
 # ONNX operators whose output differs from run to run: a net holding one samples at test
 RANDOM_OPS = frozenset({"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli",
                         "Multinomial"})
+CHUNK = 16  # copies of an image per run: a batch of 100 copies of SegNet at 360x480 would not fit in memory
 
 
 def onnx_samples_at_test(path: str) -> bool:
@@ -47,26 +48,30 @@ class Sampler:
     samples: int
     output: str
 
-    def draws(self, x: np.ndarray) -> np.ndarray:
-        """(samples, K, ...) outputs for one image x (C, H, W): a batch of copies when the model takes any
-        batch, else as many runs of its fixed batch (all copies) as it takes."""
+    def draws(self, x: np.ndarray) -> Iterator[np.ndarray]:
+        """The outputs of ``samples`` passes of one image x (C, H, W), a run at a time: batches of copies
+        (at most CHUNK a run) when the model takes any batch, else runs of its fixed batch of copies."""
         inp = self.sess.get_inputs()[0]
         fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
-        size = fixed or self.samples
-        outs, have = [], 0
-        while have < self.samples:
-            out = self.sess.run([self.output], {inp.name: np.repeat(x[None], size, axis=0)})[0]
-            outs.append(out)
-            have += out.shape[0]
-        return np.concatenate(outs)[:self.samples]
+        left = self.samples
+        while left > 0:
+            size = fixed or min(left, CHUNK)
+            out = self.sess.run([self.output], {inp.name: np.repeat(x[None], size, axis=0)})[0][:left]
+            left -= out.shape[0]
+            yield out
 
     def mean(self, x: np.ndarray) -> tuple[np.ndarray, dict, bool]:
         """(the mean class probabilities (K, ...), the uncertainty, whether a softmax was applied): the
         uncertainty is the variance over the samples of the predicted class's probability and, as the
         publisher's script shows it, of every class's probability averaged over the classes, each
-        averaged over the pixels."""
-        probs, softmaxed = class_probabilities(self.draws(x))
-        mean, var = probs.mean(axis=0), probs.var(axis=0)
+        averaged over the pixels. Sums of p and p squared, so that memory does not grow with ``samples``."""
+        total, squares, softmaxed = 0.0, 0.0, False
+        for out in self.draws(x):
+            probs, applied = class_probabilities(out)
+            total, squares = total + probs.sum(axis=0), squares + (probs ** 2).sum(axis=0)
+            softmaxed |= applied
+        mean = total / self.samples
+        var = np.maximum(squares / self.samples - mean ** 2, 0.0)  # rounding may leave a -1e-17 where all agree
         best = np.argmax(mean, axis=0)
         predicted = np.take_along_axis(var, best[None], axis=0)[0]
         return mean, {"uncertainty": float(predicted.mean()), "mean_class_variance": float(var.mean())}, softmaxed
