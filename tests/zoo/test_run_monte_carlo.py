@@ -21,11 +21,11 @@ from zoo.inference.sampling import CHUNK, Sampler, class_probabilities
 SHAPE = (3, 4, 4)
 
 
-def _prototxt(tmp_path, batch: int = 4, sample: bool = True, end: str = "Softmax", name: str = "mc"):
+def _prototxt(tmp_path, batch: int = 4, sample: bool = True, end: str = "Softmax", name: str = "mc", side: int = 4):
     path = tmp_path / f"{name}.prototxt"
     flag = "sample_weights_test: true" if sample else ""
     end_param = " argmax_param { axis: 1 }" if end == "ArgMax" else ""
-    path.write_text(f'name: "{name}"\ninput: "data"\ninput_shape {{ dim: {batch} dim: 3 dim: 4 dim: 4 }}\n'
+    path.write_text(f'name: "{name}"\ninput: "data"\ninput_shape {{ dim: {batch} dim: 3 dim: {side} dim: {side} }}\n'
                     'layer { name: "scale" type: "Power" bottom: "data" top: "scaled" power_param { scale: 0.01 } }\n'
                     'layer { name: "drop" type: "Dropout" bottom: "scaled" top: "drop" '
                     f'dropout_param {{ dropout_ratio: 0.5 {flag} }} }}\n'
@@ -124,6 +124,15 @@ def test_zoo_run_averages_the_scores_before_an_argmax(tmp_path, monkeypatch, cap
     (result,) = json.loads(out)
     assert result["uncertainty"] > 0.01
     assert {c["class"] for c in result["classes"]} <= {0, 1, 2}
+
+
+def test_zoo_run_averages_a_classifier_that_samples(tmp_path, monkeypatch, capsys):
+    """A 1x1 output is class scores: the top classes are those of the mean, with the uncertainty beside them."""
+    code, out, err = _run(tmp_path, monkeypatch, capsys, _prototxt(tmp_path, side=1), "--json", "--samples", "32")
+    assert code == 0 and "the mean of 32 stochastic passes" in err
+    (result,) = json.loads(out)
+    assert sum(t["probability"] for t in result["top"]) == pytest.approx(1.0)
+    assert result["uncertainty"] > 0
 
 
 def test_zoo_run_on_a_converted_onnx_file_that_samples(tmp_path, monkeypatch, capsys):
