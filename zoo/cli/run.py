@@ -6,9 +6,12 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from zoo.cli.common import CommandError, note
+
+if TYPE_CHECKING:
+    from zoo.inference.sampling import Sampler
 
 HELP = ("classify images, or detect objects / segment them, with a zoo model or a converted .onnx through "
         "onnxruntime (CUDA or CPU)")
@@ -151,7 +154,8 @@ def _deterministic(args: argparse.Namespace) -> None:
     return None
 
 
-def _sampler(args: argparse.Namespace, sess, samples: Optional[int], scores: Optional[str], kind: str):
+def _sampler(args: argparse.Namespace, sess, samples: Optional[int], scores: Optional[str],
+             kind: str) -> Optional[Sampler]:
     """The Monte Carlo sampler of a net that samples at test (None otherwise), said on every run."""
     from zoo.inference.sampling import Sampler
     if samples is None:
@@ -177,7 +181,8 @@ def _progress(args: argparse.Namespace, images: list):
     return tqdm(total=len(images), unit="img", disable=len(images) < 2 * max(1, args.batch) or args.json)
 
 
-def _scene(args: argparse.Namespace, sess, transform, images: list, labels: list, kind: str, sampler=None) -> int:
+def _scene(args: argparse.Namespace, sess, transform, images: list, labels: list, kind: str,
+           sampler: Optional[Sampler] = None) -> int:
     """A detection or segmentation net: boxes above the threshold, or each class's share of the pixels."""
     from zoo.inference.scene import analyse
     threshold = 0.5 if args.threshold is None else args.threshold
