@@ -12,6 +12,7 @@ import numpy as np
 from zoo.hub.download import cache_dir
 from zoo.hub.resolve import Model
 from zoo.inference.image import batches
+from zoo.inference.sampling import Sampler
 from zoo.inference.transform import Transform
 
 
@@ -69,19 +70,27 @@ def probabilities(scores: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def classify(sess: Any, transform: Transform, images: Sequence[Path], labels: Sequence[str], top: int,
-             batch: int = 1, progress: Optional[Callable[[int], None]] = None) -> tuple[list[dict], bool]:
-    """({image, top: [{class, label, probability}]} per image, whether a softmax was applied)."""
+             batch: int = 1, progress: Optional[Callable[[int], None]] = None, sampler: Optional[Sampler] = None
+             ) -> tuple[list[dict], bool]:
+    """({image, top: [{class, label, probability}]} per image, whether a softmax was applied). With a
+    ``sampler`` (a net that samples at test), each image's probabilities are the mean of its samples',
+    with their uncertainty (``Sampler.mean``), one image at a time."""
     inp = sess.get_inputs()[0]
     results, softmaxed = [], False
-    for group in batches(images, max(1, batch)):
-        x = np.stack([transform.image(p) for p in group])
-        probs, applied = probabilities(sess.run(None, {inp.name: x})[0])
+    for group in batches(images, max(1, batch) if sampler is None else 1):
+        spread: dict = {}
+        if sampler is None:
+            x = np.stack([transform.image(p) for p in group])
+            probs, applied = probabilities(sess.run(None, {inp.name: x})[0])
+        else:
+            mean, spread, applied = sampler.mean(transform.image(group[0]))
+            probs = mean.reshape(1, -1)
         softmaxed |= applied
         for path, p in zip(group, probs):
             best = np.argsort(-p)[:top]
             results.append({"image": str(path), "top": [
                 {"class": int(k), "label": labels[k] if k < len(labels) else str(k), "probability": float(p[k])}
-                for k in best]})
+                for k in best], **spread})
         if progress is not None:
             progress(len(group))
     return results, softmaxed

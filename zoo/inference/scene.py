@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from zoo.inference.image import batches
+from zoo.inference.sampling import Sampler
 from zoo.inference.transform import Transform
 
 DETECTION_TASKS = ("detection", "face_detection")
@@ -75,15 +76,22 @@ def class_shares(classes: np.ndarray, labels: Sequence[str], num_classes: int) -
 
 
 def analyse(sess: Any, transform: Transform, images: Sequence[Path], labels: Sequence[str], kind: str,
-            threshold: float, batch: int = 1, progress: Optional[Callable[[int], None]] = None
-            ) -> tuple[list[dict], list[Optional[np.ndarray]]]:
+            threshold: float, batch: int = 1, progress: Optional[Callable[[int], None]] = None,
+            sampler: Optional[Sampler] = None) -> tuple[list[dict], list[Optional[np.ndarray]]]:
     """({image, size, detections | classes} per image, the class map of each image (segmentation) or
-    None): the net's first output read as ``kind`` (detection or segmentation)."""
+    None): the net's first output read as ``kind`` (detection or segmentation). With a ``sampler``
+    (a segmentation net that samples at test), each image is the mean of its samples' class
+    probabilities, with their uncertainty (``Sampler.mean``), one image at a time."""
     from PIL import Image
     inp = sess.get_inputs()[0]
     results, maps = [], []
-    for group in batches(images, max(1, batch)):
-        out = sess.run(None, {inp.name: np.stack([transform.image(p) for p in group])})[0]
+    for group in batches(images, max(1, batch) if sampler is None else 1):
+        spread: dict = {}
+        if sampler is None:
+            out = sess.run(None, {inp.name: np.stack([transform.image(p) for p in group])})[0]
+        else:
+            mean, spread, _ = sampler.mean(transform.image(group[0]))
+            out = mean[None]
         for i, path in enumerate(group):
             with Image.open(path) as im:  # the header only: the size of the original image
                 size = im.size
@@ -94,6 +102,7 @@ def analyse(sess: Any, transform: Transform, images: Sequence[Path], labels: Seq
             else:
                 classes = class_map(out[i])
                 result["classes"] = class_shares(classes, labels, max(out.shape[1], int(classes.max()) + 1))
+                result.update(spread)
                 maps.append(classes)
             results.append(result)
         if progress is not None:
