@@ -196,6 +196,7 @@ def _regions(args: argparse.Namespace, model, feed, images: list) -> int:
     from zoo.inference.rcnn import CONF_THRESH, detect
     if args.batch != 1:
         note("Faster R-CNN runs one image at a time (its proposal layer takes a batch of one): --batch ignored")
+    _deterministic(args)  # py-faster-rcnn's nets do not sample at test
     threshold = CONF_THRESH if args.threshold is None else args.threshold
     labels = model.card.label_names() if model.card is not None else []
     with _progress(args, images) as bar:
