@@ -436,18 +436,49 @@ def test_dropout_without_train_scaling_scales_at_test_as_caffe_fast_rcnn():
     assert np.allclose(got_torch, 0.5 * x) and np.allclose(got_onnx, 0.5 * x)
 
 
-@pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning")
-def test_opencv_face_detector_converts_and_both_backends_agree():
-    """The res10 SSD with seeded weights on a random image: the same boxes from PyTorch and onnxruntime."""
-    from converters import to_onnx, to_pytorch
-    from converters.torch import run
-    from tests.converters.common import close, describe, ort_run, torch_cpu
+def _seeded_res10():
+    """The res10 SSD with seeded weights and a random image; the class heads scaled down (by 1e-3) so the
+    softmax does not saturate: distinct confidences, so the detections' order and cut are defined."""
     graph = build_graph(arch.build("opencv_face_detector_res10"))
     heads = tuple(f"{source[1]}_mbox_loc" for source in arch.ssd.RES10_SOURCES)
     _seed(graph, np.random.default_rng(13), damped=heads)
+    for layer in graph.layers:
+        if layer.name.endswith("_mbox_conf"):
+            layer.blobs = [b * np.float32(1e-3) for b in layer.blobs]
     data = (np.random.default_rng(14).uniform(0, 255, (1, 3, 300, 300)) - 128).astype(np.float32)
+    return graph, data
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning")
+def test_opencv_face_detector_converts_and_both_backends_agree():
+    """The res10 SSD: the same boxes from PyTorch and onnxruntime."""
+    from converters import to_onnx, to_pytorch
+    from converters.torch import run
+    from tests.converters.common import close, describe, ort_run, torch_cpu
+    graph, data = _seeded_res10()
     with torch_cpu():
         got_torch = run(to_pytorch(graph), [data])["detection_out"]
     got_onnx = ort_run(to_onnx(graph), {"data": data})["detection_out"]
     assert got_onnx.shape[2] > 10 and got_onnx.shape == got_torch.shape, (got_torch.shape, got_onnx.shape)
+    assert len(np.unique(got_onnx[..., 2])) > 0.9 * got_onnx.shape[2]  # distinct confidences
     assert close(got_torch, got_onnx), describe(got_torch, got_onnx)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning")
+def test_opencv_face_detector_gives_opencv_dnns_detections(tmp_path):
+    """OpenCV dnn, whose sample this detector is, reads the card's net (written by save_net) with the same
+    seeded weights and finds the same boxes, matched as a set as the OpenCV fixtures are (OpenCV orders
+    rows by confidence only, Caffe by label then confidence)."""
+    cv2 = pytest.importorskip("cv2")
+    from converters import to_onnx
+    from prototxt import save_net
+    from tests.converters.common import ort_run
+    from tests.converters.test_fork_ssd import _match_rows
+    graph, data = _seeded_res10()
+    save_net(graph, tmp_path / "res10.prototxt", tmp_path / "res10.caffemodel")
+    net = cv2.dnn.readNetFromCaffe(str(tmp_path / "res10.prototxt"), str(tmp_path / "res10.caffemodel"))
+    net.setInput(data)
+    theirs = net.forward()
+    ours = ort_run(to_onnx(graph), {"data": data})["detection_out"]
+    assert ours.shape == theirs.shape and ours.shape[2] == 200  # keep_top_k
+    assert not _match_rows(ours, theirs), _match_rows(ours, theirs)[:3]
