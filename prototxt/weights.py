@@ -33,6 +33,7 @@ _SHAPE_DIM = 1
 # little-endian numpy dtypes. OpenCV's shrinkCaffeModel writes FLOAT16; INT/UINT are never weights.
 _RAW_TYPE_NAMES = {0: "DOUBLE", 1: "FLOAT", 2: "FLOAT16", 3: "INT", 4: "UINT"}
 _RAW_DTYPES = {0: "<f8", 1: "<f4", 2: "<f2"}
+_HALF_CHUNK = 1 << 20  # float16 values widened to float32 at a time
 
 _MAX_DIM = 1 << 40  # no real blob axis comes near this; larger means a corrupt file
 
@@ -126,15 +127,30 @@ class _Reader:
 
     def read_array(self, start: int, end: int, dtype: str) -> np.ndarray:
         arr = np.empty((end - start) // np.dtype(dtype).itemsize, dtype=dtype)
+        self.read_into(start, memoryview(arr).cast("B"))
+        return arr
+
+    def read_into(self, start: int, view: memoryview) -> None:
         self.file.seek(start)
-        view = memoryview(arr).cast("B")
         got = 0
         while got < len(view):
             n = self.file.readinto(view[got:])
             if not n:
                 self.fail(start + got, "unexpected end of file")
             got += n
-        return arr
+
+    def read_halves(self, start: int, end: int) -> np.ndarray:
+        """float16 values as float32 in one float32 array: the halves are read into its upper half and
+        widened front to back a chunk at a time (a chunk's writes end before the next chunk's halves), so
+        the data is held once, as for float data."""
+        n = (end - start) // 2
+        out = np.empty(n, dtype="<f4")
+        stored = out.view(np.uint8)[2 * n:]
+        self.read_into(start, memoryview(stored))
+        halves = stored.view("<f2")
+        for i in range(0, n, _HALF_CHUNK):
+            out[i:i + _HALF_CHUNK] = halves[i:i + _HALF_CHUNK]  # numpy buffers the chunk's own overlap
+        return out
 
     def unpacked_run(self, pos: int, end: int, tag: int, width: int, dtype: str,
                      context: str) -> tuple[np.ndarray, int]:
@@ -220,8 +236,8 @@ class _Reader:
 
     def raw_array(self, span: tuple[int, int], raw_type: Optional[int], dims: Optional[list[int]],
                   where: str) -> np.ndarray:
-        """A raw_data payload (NVIDIA Caffe / OpenCV shrinkCaffeModel) as float32 (float64 if stored so),
-        its length checked against the shape before anything is allocated."""
+        """A raw_data payload (NVIDIA Caffe / OpenCV shrinkCaffeModel) as float32 (float64 if stored so; every
+        float16 is exactly a float32), its length checked against the shape before anything is allocated."""
         a, b = span
         if raw_type is None:  # NVIDIA Caffe CHECKs for it; proto2's default (DOUBLE) would be a guess
             raise WeightsError(f"{self.path}: {where}: raw_data without raw_data_type; the file is corrupt")
@@ -236,8 +252,7 @@ class _Reader:
             need = f"shape {tuple(dims)} needs {expected}" if dims is not None else f"needs a multiple of {width}"
             raise WeightsError(f"{self.path}: {where}: raw_data holds {b - a} bytes of {_RAW_TYPE_NAMES[raw_type]} "
                                f"but the blob {need} bytes; the file is truncated or corrupt")
-        data = self.read_array(a, b, dtype)
-        return data.astype("<f4") if dtype == "<f2" else data  # every float16 is exactly a float32
+        return self.read_halves(a, b) if dtype == "<f2" else self.read_array(a, b, dtype)
 
     def shape(self, start: int, end: int, context: str) -> list[int]:
         dims: list[int] = []

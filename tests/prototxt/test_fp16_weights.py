@@ -3,10 +3,14 @@ OpenCV's shrinkCaffeModel writes them (float16; e.g. res10_300x300_ssd_iter_1400
 float32 exactly, and a bad raw payload is one line naming the layer and the blob."""
 from __future__ import annotations
 
+import tracemalloc
+from typing import Iterable, Sequence
+
 import numpy as np
 import pytest
 
 from prototxt import WeightsError, load_net, load_weights, read_caffemodel
+from prototxt import weights
 from prototxt.weights import _varint_bytes
 from tests.helpers import SHARED, shared_dir
 from tests.prototxt.test_errors import CONV, INPUT, cli_error, write
@@ -27,12 +31,21 @@ def raw_blob(arr: np.ndarray, raw_type: int | None = FLOAT16, payload: bytes | N
     return field(7, field(1, dims)) + type_field + field(RAW_DATA, payload)
 
 
-def shrunk(path, layers: dict[str, list[np.ndarray]], layer_type: str = "Convolution") -> str:
-    """A caffemodel of ``layers``' blobs in float16, each layer only its name, type and blobs."""
-    body = b"".join(field(100, field(1, name.encode()) + field(2, layer_type.encode())
-                               + b"".join(field(7, raw_blob(a)) for a in arrays))
-                    for name, arrays in layers.items())
-    path.write_bytes(body)
+HALF_TYPES = ("Convolution", "InnerProduct")  # what shrinkCaffeModel converts unless told other types
+
+
+def shrunk(path, layers: Iterable[tuple[str, str, Sequence[np.ndarray]]]) -> str:
+    """A caffemodel of (name, type, blobs) as shrinkCaffeModel leaves it: the blobs of HALF_TYPES layers in
+    float16 raw_data, the others as float data; each layer only its name, type and blobs."""
+    def blob(arr: np.ndarray, half: bool) -> bytes:
+        if half:
+            return raw_blob(arr)
+        dims = b"".join(_varint_bytes(d) for d in arr.shape)
+        return field(7, field(1, dims)) + field(5, np.ascontiguousarray(arr, "<f4").tobytes())
+
+    path.write_bytes(b"".join(field(100, field(1, name.encode()) + field(2, kind.encode())
+                                   + b"".join(field(7, blob(a, kind in HALF_TYPES)) for a in arrays))
+                              for name, kind, arrays in layers))
     return str(path)
 
 
@@ -45,13 +58,37 @@ def test_float16_blobs_load_as_float32_exactly(tmp_path):
     weight = rng.normal(0, 1, (4, 3, 3, 3)).astype(np.float32)
     weight.flat[:4] = [65504.0, 6e-8, -0.0, 1e-5]  # the largest half, a subnormal, a signed zero, a rounded one
     bias = rng.normal(0, 1, 4).astype(np.float32)
-    path = shrunk(tmp_path / "w.caffemodel", {"conv1": [weight, bias]})
+    path = shrunk(tmp_path / "w.caffemodel", [("conv1", "Convolution", [weight, bias])])
     loaded = load_weights(path)["conv1"]
     assert [a.dtype for a in loaded] == [np.float32, np.float32]
     assert loaded[0].tobytes() == as_half(weight).tobytes() and loaded[1].tobytes() == as_half(bias).tobytes()
     graph = load_net(write(tmp_path, INPUT + CONV), path)
     assert graph.weights_report.missing == []
     assert graph.layer("conv1").blobs[0].tobytes() == as_half(weight).tobytes()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 20])
+def test_float16_widened_in_place_chunk_by_chunk(tmp_path, monkeypatch, chunk):
+    """The halves are read into the float32 array's upper half and widened front to back: every chunk size,
+    lengths around it, reads the same values."""
+    monkeypatch.setattr(weights, "_HALF_CHUNK", chunk)
+    rng = np.random.default_rng(chunk)
+    for n in (0, 1, 2, chunk - 1, chunk, chunk + 1, 2 * chunk + 1, 1000):
+        values = rng.normal(0, 100, max(n, 0)).astype(np.float32)
+        loaded = read_caffemodel(caffemodel(tmp_path, raw_blob(values)))[1][0].blobs[0].data
+        assert loaded.tobytes() == as_half(values).tobytes(), n
+
+
+def test_float16_blob_is_held_once_as_float32(tmp_path):
+    values = np.ones(1 << 22, dtype=np.float32)  # 8 MB of halves, 16 MB as float32
+    path = caffemodel(tmp_path, raw_blob(values))
+    tracemalloc.start()
+    try:
+        read_caffemodel(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < values.nbytes * 1.2, peak
 
 
 @pytest.mark.parametrize("raw_type", [FLOAT, DOUBLE], ids=["float", "double"])
@@ -138,7 +175,7 @@ def corpus_shrunk(tmp_path):
     if not SHARED.is_dir():
         pytest.skip("no shared corpus")
     original = load_weights(shared_dir() / "corpus" / f"{CORPUS_NET}.caffemodel")
-    return shrunk(tmp_path / "fp16.caffemodel", {k: v for k, v in original.items() if v}), original
+    return shrunk(tmp_path / "fp16.caffemodel", [(k, "Convolution", v) for k, v in original.items() if v]), original
 
 
 def test_corpus_caffemodel_shrunk_to_float16_loads_its_half_values(corpus_shrunk):
