@@ -7,6 +7,7 @@ lengths, and pulls each blob's packed payload straight into an aligned numpy arr
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -25,7 +26,14 @@ _V1_NAME, _V1_TYPE, _V1_BLOBS, _V1_V0LAYER = 4, 5, 6, 1
 _V0_NAME, _V0_TYPE, _V0_BLOBS = 1, 2, 50
 _BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
 _BLOB_DATA, _BLOB_SHAPE, _BLOB_DOUBLE = 5, 7, 8
+_BLOB_RAW_TYPE, _BLOB_RAW_DATA = 10, 12  # NVIDIA Caffe's, kept by OpenCV (opencv-caffe.proto)
 _SHAPE_DIM = 1
+
+# NVIDIA Caffe's storage Type enum (opencv-caffe.proto): the ones a raw_data payload may hold, as
+# little-endian numpy dtypes. OpenCV's shrinkCaffeModel writes FLOAT16; INT/UINT are never weights.
+_RAW_TYPE_NAMES = {0: "DOUBLE", 1: "FLOAT", 2: "FLOAT16", 3: "INT", 4: "UINT"}
+_RAW_DTYPES = {0: "<f8", 1: "<f4", 2: "<f2"}
+_HALF_CHUNK = 1 << 20  # float16 values widened to float32 at a time
 
 _MAX_DIM = 1 << 40  # no real blob axis comes near this; larger means a corrupt file
 
@@ -119,15 +127,30 @@ class _Reader:
 
     def read_array(self, start: int, end: int, dtype: str) -> np.ndarray:
         arr = np.empty((end - start) // np.dtype(dtype).itemsize, dtype=dtype)
+        self.read_into(start, memoryview(arr).cast("B"))
+        return arr
+
+    def read_into(self, start: int, view: memoryview) -> None:
         self.file.seek(start)
-        view = memoryview(arr).cast("B")
         got = 0
         while got < len(view):
             n = self.file.readinto(view[got:])
             if not n:
                 self.fail(start + got, "unexpected end of file")
             got += n
-        return arr
+
+    def read_halves(self, start: int, end: int) -> np.ndarray:
+        """float16 values as float32 in one float32 array: the halves are read into its upper half and
+        widened front to back a chunk at a time (a chunk's writes end before the next chunk's halves), so
+        the data is held once, as for float data."""
+        n = (end - start) // 2
+        out = np.empty(n, dtype="<f4")
+        stored = out.view(np.uint8)[2 * n:]
+        self.read_into(start, memoryview(stored))
+        halves = stored.view("<f2")
+        for i in range(0, n, _HALF_CHUNK):
+            out[i:i + _HALF_CHUNK] = halves[i:i + _HALF_CHUNK]  # numpy buffers the chunk's own overlap
+        return out
 
     def unpacked_run(self, pos: int, end: int, tag: int, width: int, dtype: str,
                      context: str) -> tuple[np.ndarray, int]:
@@ -144,11 +167,13 @@ class _Reader:
         return values, pos + n * stride
 
     # -- messages ----------------------------------------------------------------------------
-    def blob(self, start: int, end: int, context: str) -> StoredBlob:
+    def blob(self, start: int, end: int, context: str, index: int = 0) -> StoredBlob:
         dims: Optional[list[int]] = None
         legacy: dict[int, int] = {}
         floats: list[np.ndarray] = []
         doubles: list[np.ndarray] = []
+        raw: Optional[tuple[int, int]] = None
+        raw_type: Optional[int] = None
         pos = start
         while pos < end:
             key, body = self.varint(pos, end, context)
@@ -180,24 +205,54 @@ class _Reader:
                 dims = self.shape(a, b, context)
             elif number in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH) and wire == 0:
                 legacy[number] = _int32(a)
-        arrays = doubles or floats or [np.empty(0, dtype="<f4")]  # Caffe reads double_data when there is any
-        data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+            elif number == _BLOB_RAW_DATA and wire == 2:
+                raw = (a, b)  # an optional bytes field: the last one counts, and it is read only if used
+            elif number == _BLOB_RAW_TYPE and wire == 0:
+                raw_type = _int32(a)
         # Blob::FromProto: any of num/channels/height/width set -> those 4 dims (unset ones 0), even
         # beside a shape; else the shape, which may have no axes (a scalar: PReLU's shared slope)
         is_legacy = bool(legacy)
         if legacy:
             dims = [legacy.get(k, 0) for k in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH)]
         shapeless = not legacy and dims is None
-        if shapeless:  # Caffe would read a scalar; a vector that fits the layer is read leniently
-            dims = [data.size] if data.size else []  # nothing at all: a scalar, missing its one value
-        if any(d < 0 or d > _MAX_DIM for d in dims):
+        if dims is not None and any(d < 0 or d > _MAX_DIM for d in dims):
             raise WeightsError(f"{self.path}: layer '{context}': blob dimension {dims} is negative or absurd; "
                                f"the file is corrupt")
-        count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+        # NVIDIA Caffe reads double_data, else data, else raw_data; OpenCV reads data before raw_data too
+        if doubles or floats:
+            arrays = doubles or floats
+            data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        elif raw is not None:
+            data = self.raw_array(raw, raw_type, dims, f"layer '{context}' blob {index}")
+        else:
+            data = np.empty(0, dtype="<f4")
+        if shapeless:  # Caffe would read a scalar; a vector that fits the layer is read leniently
+            dims = [data.size] if data.size else []  # nothing at all: a scalar, missing its one value
+        count = math.prod(dims)
         if count != data.size:
             raise WeightsError(f"{self.path}: layer '{context}': blob shape {tuple(dims)} needs {count} values "
                                f"but {data.size} are stored; the file is truncated or corrupt")
         return StoredBlob(data.reshape(dims), legacy=is_legacy, shapeless=shapeless)
+
+    def raw_array(self, span: tuple[int, int], raw_type: Optional[int], dims: Optional[list[int]],
+                  where: str) -> np.ndarray:
+        """A raw_data payload (NVIDIA Caffe / OpenCV shrinkCaffeModel) as float32 (float64 if stored so; every
+        float16 is exactly a float32), its length checked against the shape before anything is allocated."""
+        a, b = span
+        if raw_type is None:  # NVIDIA Caffe CHECKs for it; proto2's default (DOUBLE) would be a guess
+            raise WeightsError(f"{self.path}: {where}: raw_data without raw_data_type; the file is corrupt")
+        dtype = _RAW_DTYPES.get(raw_type)
+        if dtype is None:
+            kind = _RAW_TYPE_NAMES.get(raw_type, f"unknown type {raw_type}")
+            raise WeightsError(f"{self.path}: {where}: raw_data of type {kind}, but weights can only be stored "
+                               f"as FLOAT16, FLOAT or DOUBLE; the file is corrupt or from an unsupported tool")
+        width = np.dtype(dtype).itemsize
+        expected = math.prod(dims) * width if dims is not None else b - a
+        if b - a != expected or (b - a) % width:
+            need = f"shape {tuple(dims)} needs {expected}" if dims is not None else f"needs a multiple of {width}"
+            raise WeightsError(f"{self.path}: {where}: raw_data holds {b - a} bytes of {_RAW_TYPE_NAMES[raw_type]} "
+                               f"but the blob {need} bytes; the file is truncated or corrupt")
+        return self.read_halves(a, b) if dtype == "<f2" else self.read_array(a, b, dtype)
 
     def shape(self, start: int, end: int, context: str) -> list[int]:
         dims: list[int] = []
@@ -226,7 +281,7 @@ class _Reader:
                 pending.append((a, b))
             elif v1 and number == _V1_V0LAYER and wire == 2:
                 v0 = self.v0_layer(a, b)
-        blobs = [self.blob(a, b, name) for a, b in pending]
+        blobs = [self.blob(a, b, name, i) for i, (a, b) in enumerate(pending)]
         if v0 is not None:  # a V0 layer wrapped in V1: its own name, type and blobs count when V1's are empty
             name = name or v0.name
             type_ = type_ or v0.type
@@ -243,7 +298,7 @@ class _Reader:
                 type_ = v0_type_name(self.string(a, b))
             elif number == _V0_BLOBS and wire == 2:
                 pending.append((a, b))
-        return StoredLayer(name, type_, [self.blob(a, b, name) for a, b in pending])
+        return StoredLayer(name, type_, [self.blob(a, b, name, i) for i, (a, b) in enumerate(pending)])
 
 
 def _int32(v: int) -> int:

@@ -482,3 +482,30 @@ def test_opencv_face_detector_gives_opencv_dnns_detections(tmp_path):
     ours = ort_run(to_onnx(graph), {"data": data})["detection_out"]
     assert ours.shape == theirs.shape and ours.shape[2] == 200  # keep_top_k
     assert not _match_rows(ours, theirs), _match_rows(ours, theirs)[:3]
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration:UserWarning")
+def test_opencv_face_detector_fp16_weights_give_opencv_dnns_detections(tmp_path):
+    """The fp16 card's file format: the seeded weights shrunk as OpenCV's shrinkCaffeModel does (Convolution
+    blobs in float16 raw_data, BatchNorm/Scale/Normalize left float32) read by us as exactly the halves, and
+    OpenCV dnn reading the same file finds the same boxes."""
+    cv2 = pytest.importorskip("cv2")
+    from converters import to_onnx
+    from prototxt import load_net, save_net
+    from tests.converters.common import ort_run
+    from tests.converters.test_fork_ssd import _match_rows
+    from tests.prototxt.test_fp16_weights import HALF_TYPES, as_half, shrunk
+    graph, data = _seeded_res10()
+    save_net(graph, tmp_path / "res10.prototxt")
+    weights = shrunk(tmp_path / "res10_fp16.caffemodel", [(l.name, l.type, l.blobs) for l in graph.layers if l.blobs])
+    half = load_net(tmp_path / "res10.prototxt", weights)
+    assert half.weights_report.missing == []
+    for layer, original in zip(half.layers, graph.layers):
+        expected = [as_half(b) if layer.type in HALF_TYPES else b for b in original.blobs]
+        assert [b.tobytes() for b in layer.blobs] == [b.tobytes() for b in expected], layer.name
+    net = cv2.dnn.readNetFromCaffe(str(tmp_path / "res10.prototxt"), weights)
+    net.setInput(data)
+    theirs = net.forward()
+    ours = ort_run(to_onnx(half), {"data": data})["detection_out"]
+    assert ours.shape == theirs.shape and ours.shape[2] == 200  # keep_top_k
+    assert not _match_rows(ours, theirs), _match_rows(ours, theirs)[:3]
