@@ -7,6 +7,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from prototxt.fork_shapes import python_kind
 from prototxt.graph import Graph
 
 
@@ -76,7 +77,6 @@ class ProposalFeed:
 def proposal_feeds(graph: Graph) -> list[ProposalFeed]:
     """Each py-faster-rcnn proposal layer (recognised as the converter recognises it, by its Python
     module and class) whose im_info bottom is a net input, with the 4-D net input its scores derive from."""
-    from .layers.rcnn import python_kind
     by_name = {l.name: l for l in graph.layers}
     feeds = []
     for layer in graph.layers:
