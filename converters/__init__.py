@@ -35,12 +35,9 @@ def save_onnx(graph, path, opset=None, dynamic_batch=True, outputs=(), shared_da
     besides the net's own (e.g. Faster R-CNN's rois). ``shared_data``: a folder name beside ``path``
     keeping each large initializer once by content (``converters.onnx.write_model``), shared by every
     model written with it: a cache of one net at several input sizes holds its weights once."""
-    from onnx import TensorProto, helper
-    from .onnx import DEFAULT_OPSET, build, write_model
+    from .onnx import DEFAULT_OPSET, build, expose_outputs, write_model
     model, arrays = build(graph, opset=opset or DEFAULT_OPSET, dynamic_batch=dynamic_batch)
-    have = {o.name for o in model.graph.output}
-    model.graph.output.extend(helper.make_tensor_value_info(v, TensorProto.FLOAT, None)
-                              for v in outputs if v not in have)
+    expose_outputs(model, outputs)
     write_model(model, arrays, path, shared_data=shared_data)
     return model, arrays
 

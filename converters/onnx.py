@@ -183,6 +183,13 @@ def _shared(tensor: TensorProto, raw: memoryview, folder: str, shared_data: str)
     return out
 
 
+def expose_outputs(model: onnx.ModelProto, values: Sequence[str]) -> None:
+    """Add ``values`` (float graph values, shapes left to the runtime) to ``model``'s outputs, those it lacks."""
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend(helper.make_tensor_value_info(v, TensorProto.FLOAT, None)
+                              for v in dict.fromkeys(values) if v not in have)
+
+
 def write_model(model: onnx.ModelProto, arrays: dict[str, np.ndarray], path, shared_data: Optional[str] = None,
                 min_shared_bytes: int = 1 << 20) -> None:
     """Write ``model`` with its initializers' data streamed from ``arrays`` (no copy of the weights

@@ -7,6 +7,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from prototxt.fork_shapes import python_kind
 from prototxt.graph import Graph
 
 
@@ -76,7 +77,6 @@ class ProposalFeed:
 def proposal_feeds(graph: Graph) -> list[ProposalFeed]:
     """Each py-faster-rcnn proposal layer (recognised as the converter recognises it, by its Python
     module and class) whose im_info bottom is a net input, with the 4-D net input its scores derive from."""
-    from .layers.rcnn import python_kind
     by_name = {l.name: l for l in graph.layers}
     feeds = []
     for layer in graph.layers:
@@ -149,15 +149,11 @@ def compare(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[float, bool]:
 def run_onnx_values(graph: Graph, inputs: Sequence[np.ndarray], values: Sequence[str], threads: int = 2):
     """Every requested graph value from onnxruntime (unfolded model, all values exposed)."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper
 
-    from .onnx import to_onnx
+    from .onnx import expose_outputs, to_onnx
     model = to_onnx(graph, fold=False, dynamic_batch=False)
     produced = {o for n in model.graph.node for o in n.output}
-    have = {o.name for o in model.graph.output}
-    for v in values:
-        if v in produced and v not in have:
-            model.graph.output.append(helper.make_tensor_value_info(v, TensorProto.FLOAT, None))
+    expose_outputs(model, [v for v in values if v in produced])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3

@@ -252,28 +252,22 @@ class _DetectionOnnx:
         keep[j] = valid[j] and no i < j with keep[i] and iou[i, j] > threshold (by induction on j), and
         iterating that map from keep = valid makes one more leading position exact per step: a Loop of
         at most K whole-matrix steps that stops as soon as nothing changes (a handful on real nets)."""
-        from onnx import helper
         c, n = self.ctx, self.n
         before = np.triu(np.ones((self.k, self.k), np.float32), 1)  # [i, j]: i ranks before j
         over = n("Where", [n("Greater", [iou, c.const(np.float32(self.a["nms_threshold"]), "nms_threshold")])[0],
                            c.const(before, "ranked_before"), c.const(np.float32(0), "zero")])[0]
-        saved, c.nodes = c.nodes, []
-        it, cond, keep_in = (c.tmp(s) for s in ("iter", "cond", "keep_in"))
-        # 0/1 sums of at most K < 2**24 terms: exact in float32
-        hits = n("MatMul", [n("Unsqueeze", [n("Cast", [keep_in], to=FLOAT)[0], c.ints([2])])[0], over])[0]
-        suppressed = n("Greater", [n("Squeeze", [hits, c.ints([2])])[0], c.const(np.float32(0), "zero")])[0]
-        keep_out = n("And", [valid, n("Not", [suppressed])[0]])[0]
-        changed = n("Cast", [n("Xor", [keep_in, keep_out])[0]], to=FLOAT)[0]
-        changed = n("Reshape", [n("ReduceMax", [changed], keepdims=1)[0], c.ints([], "scalar")])[0]
-        cond_out = n("Cast", [changed], to=BOOL)[0]
-        body_nodes, c.nodes = c.nodes, saved
-        info = helper.make_tensor_value_info
-        body = helper.make_graph(
-            body_nodes, f"{self.layer.name}_nms",
-            [info(it, INT64, []), info(cond, BOOL, []), info(keep_in, BOOL, None)],
-            [info(cond_out, BOOL, []), info(keep_out, BOOL, None)])
+
+        def step(it, cond, keep_in):
+            # 0/1 sums of at most K < 2**24 terms: exact in float32
+            hits = n("MatMul", [n("Unsqueeze", [n("Cast", [keep_in], to=FLOAT)[0], c.ints([2])])[0], over])[0]
+            suppressed = n("Greater", [n("Squeeze", [hits, c.ints([2])])[0], c.const(np.float32(0), "zero")])[0]
+            keep_out = n("And", [valid, n("Not", [suppressed])[0]])[0]
+            changed = n("Cast", [n("Xor", [keep_in, keep_out])[0]], to=FLOAT)[0]
+            changed = n("Reshape", [n("ReduceMax", [changed], keepdims=1)[0], c.ints([], "scalar")])[0]
+            return n("Cast", [changed], to=BOOL)[0], keep_out
+
         true = n("Cast", [n("Reshape", [c.ints([1], "true"), c.ints([], "scalar")])[0]], to=BOOL)[0]
-        return n("Loop", [c.ints([self.k], "trips"), true, valid], [c.tmp("keep")], body=body)[0]
+        return self.loop([("keep", BOOL, valid)], step, cond=true)[0]
 
     def nms_adaptive(self, iou: str, valid: str, values: str) -> str:
         """eta < 1: the threshold after each kept box depends on the order, so one Loop step per rank."""
@@ -283,30 +277,41 @@ class _DetectionOnnx:
         thr0 = n("ConstantOfShape", [n("Shape", [values], start=0, end=2)[0]],
                  value=helper.make_tensor("nms", FLOAT, [1], [a["nms_threshold"]]))[0]
         positions = c.ints(list(range(self.k)), "positions")
+
+        def step(it, cond, keep_in, thr_in):
+            j = n("Unsqueeze", [it, c.ints([0])])[0]
+            row = n("Squeeze", [n("Gather", [iou, j], axis=2)[0], c.ints([2])])[0]
+            over = n("Greater", [row, n("Unsqueeze", [thr_in, c.ints([-1])])[0]])[0]
+            hit = n("Cast", [n("And", [over, keep_in])[0]], to=FLOAT)[0]
+            suppressed = n("Cast", [n("ReduceMax", [hit, c.ints([-1])], keepdims=0)[0]], to=BOOL)[0]
+            kept = n("And", [n("Squeeze", [n("Gather", [valid, j], axis=2)[0], c.ints([-1])])[0],
+                             n("Not", [suppressed])[0]])[0]
+            here = n("Equal", [positions, it])[0]
+            keep_out = n("Or", [keep_in, n("And", [n("Unsqueeze", [kept, c.ints([-1])])[0], here])[0]])[0]
+            shrink = n("And", [kept, n("Greater", [thr_in, c.const(np.float32(0.5), "half")])[0]])[0]
+            thr_out = n("Where", [shrink, n("Mul", [thr_in, c.const(np.float32(a["eta"]), "eta")])[0], thr_in])[0]
+            return n("Identity", [cond])[0], keep_out, thr_out
+
+        return self.loop([("keep", BOOL, keep0), ("thr", FLOAT, thr0)], step)[0]
+
+    def loop(self, carried: list[tuple[str, int, str]], step, cond: str = "") -> list[str]:
+        """An ONNX Loop of at most K trips: ``carried`` are (name, element type, initial value) of the
+        loop-carried values; ``step(iteration, cond, *carried)`` emits the body's nodes and returns
+        (cond_out, *carried_out). Returns the carried values' final names."""
+        from onnx import helper
+        c = self.ctx
         saved, c.nodes = c.nodes, []
-        it, cond, keep_in, thr_in = (c.tmp(s) for s in ("iter", "cond", "keep_in", "thr_in"))
-        j = n("Unsqueeze", [it, c.ints([0])])[0]
-        row = n("Squeeze", [n("Gather", [iou, j], axis=2)[0], c.ints([2])])[0]
-        over = n("Greater", [row, n("Unsqueeze", [thr_in, c.ints([-1])])[0]])[0]
-        hit = n("Cast", [n("And", [over, keep_in])[0]], to=FLOAT)[0]
-        suppressed = n("Cast", [n("ReduceMax", [hit, c.ints([-1])], keepdims=0)[0]], to=BOOL)[0]
-        kept = n("And", [n("Squeeze", [n("Gather", [valid, j], axis=2)[0], c.ints([-1])])[0],
-                         n("Not", [suppressed])[0]])[0]
-        here = n("Equal", [positions, it])[0]
-        keep_out = n("Or", [keep_in, n("And", [n("Unsqueeze", [kept, c.ints([-1])])[0], here])[0]])[0]
-        shrink = n("And", [kept, n("Greater", [thr_in, c.const(np.float32(0.5), "half")])[0]])[0]
-        thr_out = n("Where", [shrink, n("Mul", [thr_in, c.const(np.float32(a["eta"]), "eta")])[0], thr_in])[0]
-        cond_out = n("Identity", [cond])[0]
+        it, cond_in, *state_in = (c.tmp(s) for s in ("iter", "cond", *(f"{name}_in" for name, _, _ in carried)))
+        cond_out, *state_out = step(it, cond_in, *state_in)
         body_nodes, c.nodes = c.nodes, saved
+        types = [t for _, t, _ in carried]
         info = helper.make_tensor_value_info
         body = helper.make_graph(
             body_nodes, f"{self.layer.name}_nms",
-            [info(it, INT64, []), info(cond, BOOL, []),
-             info(keep_in, BOOL, None), info(thr_in, FLOAT, None)],
-            [info(cond_out, BOOL, []), info(keep_out, BOOL, None),
-             info(thr_out, FLOAT, None)])
-        keep, _ = n("Loop", [c.ints([self.k], "trips"), "", keep0, thr0], [c.tmp("keep"), c.tmp("thr")], body=body)
-        return keep
+            [info(it, INT64, []), info(cond_in, BOOL, [])] + [info(v, t, None) for v, t in zip(state_in, types)],
+            [info(cond_out, BOOL, [])] + [info(v, t, None) for v, t in zip(state_out, types)])
+        return self.n("Loop", [c.ints([self.k], "trips"), cond, *(v for _, _, v in carried)],
+                      [c.tmp(name) for name, _, _ in carried], body=body)
 
     def jaccard(self, a: list[str], b: list[str]) -> str:
         """converters.nn.jaccard, broadcasting: a and b are [xmin, ymin, xmax, ymax, area] -> IoUs."""
