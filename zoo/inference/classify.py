@@ -12,7 +12,7 @@ import numpy as np
 from zoo.hub.download import cache_dir
 from zoo.hub.resolve import Model
 from zoo.inference.image import batches
-from zoo.inference.sampling import Sampler
+from zoo.inference.sampling import Sampler, class_probabilities
 from zoo.inference.transform import Transform
 
 
@@ -61,12 +61,7 @@ def _convert(graph: Any, target: Path, outputs: Sequence[str]) -> None:
 
 def probabilities(scores: np.ndarray) -> tuple[np.ndarray, bool]:
     """Each row as probabilities: as given when they already are, else softmaxed (and True)."""
-    scores = scores.reshape(scores.shape[0], -1).astype(np.float64)
-    sums = scores.sum(axis=1)
-    if np.all(scores >= 0) and np.allclose(sums, 1.0, atol=1e-3):
-        return scores, False
-    e = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True), True
+    return class_probabilities(scores.reshape(scores.shape[0], -1))
 
 
 def classify(sess: Any, transform: Transform, images: Sequence[Path], labels: Sequence[str], top: int,
